@@ -1,0 +1,33 @@
+"""Restore: recreate a dumped process with its PID, memory and state."""
+
+from __future__ import annotations
+
+from core.kernel.tracer import Tracer
+from core.pipeline import PipelineStats, Stage, run_pipeline
+from core.restore.addrspace import build_address_space
+from core.restore.context import RestoreContext, RestoreOptions
+from core.restore.memory import write_memory
+from core.restore.prepare import create_process, kill_process, read_image
+from core.restore.resume import resume
+from core.restore.state import restore_state
+
+__all__ = ["RestoreOptions", "RestoreContext", "restore"]
+
+RESTORE_STAGES: list[Stage[RestoreContext]] = [
+    Stage("read", read_image),
+    Stage("create", create_process, kill_process),
+    Stage("address-space", build_address_space),
+    Stage("memory", write_memory),
+    Stage("state", restore_state),
+    Stage("resume", resume),
+]
+
+
+async def restore(opts: RestoreOptions) -> tuple[RestoreContext, PipelineStats]:
+    tracer = Tracer()
+    ctx = RestoreContext(opts=opts, tracer=tracer)
+    try:
+        stats = await run_pipeline(RESTORE_STAGES, ctx)
+    finally:
+        tracer.close()
+    return ctx, stats

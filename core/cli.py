@@ -1,0 +1,181 @@
+"""`lazarus` command line: check, dump, restore, show."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.check import run_checks
+from core.errors import LazarusError
+from core.images import ImageError, describe_image, format_description
+
+T = TypeVar("T")
+log = logging.getLogger("lazarus")
+
+INHERIT_FD = re.compile(r"^fd\[(\d+)\]:(.+)$")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def parse_inherit(values: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        m = INHERIT_FD.match(value)
+        if not m:
+            raise LazarusError(f"--inherit-fd {value!r}: expected fd[N]:KEY, e.g. fd[1]:pipe:[1234]")
+        fd = int(m.group(1))
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise LazarusError(f"--inherit-fd {value!r}: fd {fd} is not open in lazarus") from None
+        out[m.group(2)] = fd
+    return out
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    lines, ok = run_checks()
+    print("\n".join(lines))
+    print("dump and restore can work here" if ok else "dump and restore cannot work here")
+    return 0 if ok else 1
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from core.dump import DumpOptions, dump
+
+    opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir),
+                       leave_running=args.leave_running, compress=args.compress == "lz4")
+    ctx, stats = run_async(dump(opts))
+    for w in ctx.warnings:
+        log.warning("%s", w)
+    if args.stats:
+        proc = ctx.proc
+        stored = sum(b.length for b in proc.pages)
+        print(f"dump of PID {opts.pid}: {proc.pages_bytes / 1e6:.1f} MB of pages, "
+              f"{stored / 1e6:.1f} MB stored", file=sys.stderr)
+        print(stats.format(), file=sys.stderr)
+    return 0
+
+
+def exit_status(status: int) -> int:
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return 1
+
+
+def wait_restored(pid: int) -> int:
+    """Wait for the restored child like its parent would, passing on signals meant for it."""
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return exit_status(status)
+        except InterruptedError:
+            continue
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from core.restore import RestoreOptions, restore
+
+    opts = RestoreOptions(images_dir=Path(args.images_dir), detach=args.detach,
+                          pidfile=Path(args.pidfile) if args.pidfile else None,
+                          inherit_fds=parse_inherit(args.inherit_fd),
+                          write_method=args.write_method)
+    ctx, stats = run_async(restore(opts))
+    for w in ctx.warnings:
+        log.warning("%s", w)
+    if args.stats:
+        print(f"restored PID {ctx.proc.pid}", file=sys.stderr)
+        print(stats.format(), file=sys.stderr)
+    if args.detach:
+        return 0
+    return wait_restored(ctx.proc.pid)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    desc = describe_image(Path(args.images_dir))
+    if args.json:
+        print(json.dumps(desc, indent=2))
+    else:
+        print(format_description(desc))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lazarus", description="Checkpoint and restore Linux processes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="kernel features needed, one line each")
+    c.set_defaults(func=cmd_check)
+
+    d = sub.add_parser("dump", help="checkpoint a process into an image directory")
+    d.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="process to dump")
+    d.add_argument("-D", "--images-dir", required=True, metavar="DIR",
+                   help="image directory to create (must not exist or be empty)")
+    d.add_argument("--leave-running", action="store_true",
+                   help="let the process run on after the dump instead of killing it")
+    d.add_argument("--compress", choices=("lz4", "none"), default="lz4",
+                   help="page block compression (default lz4)")
+    d.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
+    d.set_defaults(func=cmd_dump)
+
+    r = sub.add_parser("restore", help="bring a dumped process back")
+    r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    r.add_argument("-d", "--detach", action="store_true",
+                   help="return once the process runs instead of waiting for it")
+    r.add_argument("--pidfile", metavar="FILE", help="write the restored PID here")
+    r.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:KEY",
+                   help="give the restored process lazarus's fd N where the image had the "
+                        "outside file KEY (as `lazarus show` names it, e.g. pipe:[1234])")
+    r.add_argument("--write-method", choices=("procmem", "vmwritev"), default="procmem",
+                   help=argparse.SUPPRESS)
+    r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
+    r.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("show", help="describe an image directory")
+    s.add_argument("images_dir", metavar="DIR")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="lazarus: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (LazarusError, ImageError) as exc:
+        print(f"lazarus: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lazarus: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

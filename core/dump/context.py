@@ -1,0 +1,35 @@
+"""Shared, typed state of one dump."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.images import ImageWriter, pb
+from core.kernel import ptrace as pt
+from core.kernel.tracer import Tracer
+
+
+@dataclass
+class DumpOptions:
+    pid: int
+    images_dir: Path
+    leave_running: bool = False
+    compress: bool = True
+
+
+@dataclass
+class DumpContext:
+    opts: DumpOptions
+    tracer: Tracer
+    writer: ImageWriter | None = None
+    seized: bool = False
+    regs: pt.Regs | None = None           # as found at freeze time, before any fix-up
+    sigmask: int = 0
+    proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
+    inventory: pb.Inventory = field(default_factory=pb.Inventory)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.opts.pid

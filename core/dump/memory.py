@@ -1,0 +1,78 @@
+"""Stage: copy the memory that only the process holds into the page store.
+
+Which pages: every present or swapped page of private anonymous and shared
+anonymous VMAs, and the copy-on-written (anonymous) pages of private file
+mappings; pagemap tells them apart. Zero pages are dropped by the store.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Iterator
+
+from core import procfs
+from core.dump.context import DumpContext
+from core.images import PAGE_SIZE, PageStoreWriter, pb
+from core.kernel.memory import ProcMem
+
+PM_PRESENT = 1 << 63
+PM_SWAPPED = 1 << 62
+PM_FILE = 1 << 61           # file page or shared anonymous page
+READ_CHUNK = 4 << 20        # bytes read from the target per call
+
+DUMPED_KINDS = (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED, pb.Vma.FILE_PRIVATE)
+
+
+def stored_runs(pagemap_fd: int, vma: pb.Vma) -> Iterator[tuple[int, int]]:
+    """(address, npages) runs of pages of `vma` that belong in the image."""
+    npages = (vma.end - vma.start) // PAGE_SIZE
+    entries = array("Q")
+    entries.frombytes(os.pread(pagemap_fd, npages * 8, vma.start // PAGE_SIZE * 8))
+    file_private = vma.kind == pb.Vma.FILE_PRIVATE
+    run_start = -1
+    for i, e in enumerate(entries):
+        if e & PM_SWAPPED:
+            keep = True
+        elif e & PM_PRESENT:
+            keep = not (file_private and e & PM_FILE)
+        else:
+            keep = False
+        if keep and run_start < 0:
+            run_start = i
+        elif not keep and run_start >= 0:
+            yield vma.start + run_start * PAGE_SIZE, i - run_start
+            run_start = -1
+    if run_start >= 0:
+        yield vma.start + run_start * PAGE_SIZE, len(entries) - run_start
+
+
+def dump_memory_sync(ctx: DumpContext) -> int:
+    assert ctx.writer is not None
+    pid = ctx.pid
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    path = ctx.writer.pages_path(pid)
+    pagemap_fd = os.open(procfs.proc(pid, "pagemap"), os.O_RDONLY)
+    try:
+        with ProcMem(pid) as mem, PageStoreWriter(path, ctx.opts.compress) as store:
+            for vma in ctx.proc.vmas:
+                if vma.kind not in DUMPED_KINDS:
+                    continue
+                for addr, npages in stored_runs(pagemap_fd, vma):
+                    end = addr + npages * PAGE_SIZE
+                    while addr < end:
+                        size = min(READ_CHUNK, end - addr)
+                        mem.read_into(addr, view[:size])
+                        store.add(addr, view[:size])
+                        addr += size
+    finally:
+        os.close(pagemap_fd)
+    ctx.proc.pages.extend(store.blocks)
+    ctx.proc.pages_file = path.name
+    ctx.proc.pages_bytes = store.bytes_raw
+    return store.bytes_raw
+
+
+async def dump_memory(ctx: DumpContext) -> int:
+    return await ctx.tracer.call(dump_memory_sync, ctx)

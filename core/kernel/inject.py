@@ -1,0 +1,81 @@
+"""Run syscalls inside a stopped tracee: `syscall; int3` at a chosen address,
+registers set for the call, PTRACE_CONT, wait for the trap, read rax."""
+
+from __future__ import annotations
+
+import os
+
+from core.kernel import constants as K
+from core.kernel import ptrace as pt
+from core.kernel.libc import MASK64, to_signed
+from core.kernel.memory import ProcMem
+
+SYSCALL_INT3 = b"\x0f\x05\xcc"
+ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+INJECT_TIMEOUT = 10.0
+
+_NAMES = {v: k[4:].lower() for k, v in vars(K).items() if k.startswith("SYS_")}
+
+
+class InjectedSyscallError(OSError):
+    pass
+
+
+class Injector:
+    """Syscall injector for one stopped tracee.
+
+    `code_addr` must lie in an executable mapping; the bytes there are saved
+    and put back by `restore_code` (unless `owns_code` says the area is ours).
+    """
+
+    def __init__(self, pid: int, mem: ProcMem, base_regs: pt.Regs, code_addr: int,
+                 owns_code: bool = False) -> None:
+        self.pid = pid
+        self.mem = mem
+        self.base_regs = pt.copy_regs(base_regs)
+        self.code_addr = code_addr
+        self._saved = None if owns_code else mem.read(code_addr, len(SYSCALL_INT3))
+        mem.write(code_addr, SYSCALL_INT3)
+        self.count = 0
+
+    def _prepare(self, nr: int, args: tuple[int, ...]) -> pt.Regs:
+        if len(args) > len(ARG_REGS):
+            raise ValueError("at most 6 syscall arguments")
+        regs = pt.copy_regs(self.base_regs)
+        regs.rax = nr
+        # orig_rax = -1: the kernel must not treat the stop as a restartable syscall.
+        regs.orig_rax = MASK64
+        regs.rip = self.code_addr
+        for name, value in zip(ARG_REGS, args, strict=False):
+            setattr(regs, name, value & MASK64)
+        return regs
+
+    def syscall(self, nr: int, *args: int, check: bool = True) -> int:
+        pt.set_regs(self.pid, self._prepare(nr, args))
+        pt.cont(self.pid)
+        res = pt.wait(self.pid, INJECT_TIMEOUT)
+        self.count += 1
+        if not (res.stopped and res.stop_signal == K.SIGTRAP):
+            raise pt.TraceError(
+                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+        ret = to_signed(pt.get_regs(self.pid).rax)
+        if check and -4096 < ret < 0:
+            raise InjectedSyscallError(
+                -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
+        return ret
+
+    def syscall_unmapping_self(self, nr: int, *args: int) -> None:
+        """A syscall that unmaps the injected code: its return faults with SIGSEGV,
+        which is expected and swallowed (the task stays stopped for us)."""
+        pt.set_regs(self.pid, self._prepare(nr, args))
+        pt.cont(self.pid)
+        res = pt.wait(self.pid, INJECT_TIMEOUT)
+        self.count += 1
+        if not (res.stopped and res.stop_signal == K.SIGSEGV):
+            raise pt.TraceError(
+                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+
+    def restore_code(self) -> None:
+        if self._saved is not None:
+            self.mem.write(self.code_addr, self._saved)
+            self._saved = None

@@ -1,0 +1,127 @@
+"""Stage: rebuild the address space at the dumped addresses.
+
+The helper's own mappings are replaced: a trampoline (code + scratch) goes
+into a hole free in both layouts, everything else is unmapped, the kernel
+recreates [vvar]/[vdso] at the dumped place, then each VMA is mapped.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from core import procfs
+from core.errors import LazarusError
+from core.images import pb
+from core.kernel import constants as K
+from core.kernel import ptrace as pt
+from core.kernel.inject import SYSCALL_INT3, Injector
+from core.kernel.memory import ProcMem
+from core.restore.context import TRAMPOLINE_SIZE, RestoreContext
+
+LOWEST_TRAMPOLINE = 0x100000
+MAPPED_KINDS = (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED, pb.Vma.FILE_PRIVATE, pb.Vma.FILE_SHARED)
+
+
+def find_hole(taken: list[tuple[int, int]], size: int) -> int:
+    addr = LOWEST_TRAMPOLINE
+    for start, end in sorted(taken):
+        if start >= addr + size:
+            return addr
+        addr = max(addr, end)
+    if addr + size <= K.TASK_SIZE:
+        return addr
+    raise LazarusError("no room for the restore trampoline in the address space")
+
+
+def put_string(ctx: RestoreContext, text: str) -> int:
+    """Copy a NUL-terminated string to the scratch area; returns its address."""
+    assert ctx.mem is not None
+    data = text.encode() + b"\0"
+    if len(data) > 4096:
+        raise LazarusError(f"path too long: {text[:60]}...")
+    ctx.mem.write(ctx.scratch, data)
+    return ctx.scratch
+
+
+def open_in_target(ctx: RestoreContext, path: str, flags: int) -> int:
+    assert ctx.inj is not None
+    return ctx.inj.syscall(K.SYS_OPENAT, K.AT_FDCWD & ((1 << 64) - 1), put_string(ctx, path),
+                           flags, 0)
+
+
+def needs_fill(proc: pb.ProcessImage) -> set[int]:
+    """Start addresses of VMAs that receive pages from the image."""
+    starts = sorted(v.start for v in proc.vmas)
+    out: set[int] = set()
+
+    for block in proc.pages:
+        i = bisect.bisect_right(starts, block.vaddr) - 1
+        out.add(starts[i])
+    return out
+
+
+def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool) -> None:
+    assert ctx.inj is not None
+    inj = ctx.inj
+    size = vma.end - vma.start
+    prot = vma.prot | (K.PROT_READ | K.PROT_WRITE if writable else 0)
+    flags = K.MAP_FIXED_NOREPLACE
+    fd = -1
+    if vma.kind in (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED):
+        flags |= K.MAP_ANONYMOUS
+        flags |= K.MAP_SHARED if vma.kind == pb.Vma.ANON_SHARED else K.MAP_PRIVATE
+        if vma.growsdown:
+            flags |= K.MAP_GROWSDOWN
+    else:
+        shared = vma.kind == pb.Vma.FILE_SHARED
+        flags |= K.MAP_SHARED if shared else K.MAP_PRIVATE
+        mode = K.O_RDWR if shared and vma.prot & K.PROT_WRITE else K.O_RDONLY
+        try:
+            fd = open_in_target(ctx, vma.path, mode | K.O_CLOEXEC)
+        except OSError as exc:
+            raise LazarusError(f"cannot open mapped file {vma.path}: {exc.strerror}") from None
+    try:
+        got = inj.syscall(K.SYS_MMAP, vma.start, size, prot, flags, fd,
+                          vma.pgoff if fd >= 0 else 0)
+    except OSError as exc:
+        what = vma.path or vma.name or "anonymous memory"
+        raise LazarusError(f"cannot map {what} at {vma.start:#x}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            inj.syscall(K.SYS_CLOSE, fd)
+    if got != vma.start:
+        raise LazarusError(f"mapping at {vma.start:#x} landed at {got:#x}")
+
+
+def build_address_space_sync(ctx: RestoreContext) -> None:
+    pid, proc = ctx.pid, ctx.proc
+    ctx.mem = ProcMem(pid, writable=True)
+    regs = pt.get_regs(pid)
+    helper_maps = procfs.read_maps(pid)
+    taken = [(m.start, m.end) for m in helper_maps] + [(v.start, v.end) for v in proc.vmas]
+    ctx.trampoline = find_hole(taken, TRAMPOLINE_SIZE)
+    # First injection from the helper's own code, only to map the trampoline.
+    boot = Injector(pid, ctx.mem, regs, regs.rip)
+    try:
+        boot.syscall(K.SYS_MMAP, ctx.trampoline, TRAMPOLINE_SIZE,
+                     K.PROT_READ | K.PROT_WRITE | K.PROT_EXEC,
+                     K.MAP_PRIVATE | K.MAP_ANONYMOUS | K.MAP_FIXED_NOREPLACE, -1, 0)
+    finally:
+        boot.restore_code()
+    ctx.mem.write(ctx.trampoline, SYSCALL_INT3)
+    inj = ctx.inj = Injector(pid, ctx.mem, regs, ctx.trampoline, owns_code=True)
+    tramp_end = ctx.trampoline + TRAMPOLINE_SIZE
+    inj.syscall(K.SYS_MUNMAP, 0, ctx.trampoline)
+    inj.syscall(K.SYS_MUNMAP, tramp_end, K.TASK_SIZE - tramp_end)
+    vvar = next((v for v in proc.vmas if v.kind == pb.Vma.VDSO), None)
+    if vvar is not None:
+        inj.syscall(K.SYS_ARCH_PRCTL, K.ARCH_MAP_VDSO_64, vvar.start)
+    filled = needs_fill(proc)
+    for vma in proc.vmas:
+        if vma.kind in MAPPED_KINDS:
+            map_vma(ctx, vma, vma.start in filled)
+
+
+async def build_address_space(ctx: RestoreContext) -> None:
+    await ctx.tracer.call(build_address_space_sync, ctx)
+    return None

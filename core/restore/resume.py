@@ -1,0 +1,27 @@
+"""Stage: drop the trampoline, load registers and let the process run."""
+
+from __future__ import annotations
+
+from core.kernel import constants as K
+from core.kernel import ptrace as pt
+from core.restore.context import TRAMPOLINE_SIZE, RestoreContext
+
+
+def resume_sync(ctx: RestoreContext) -> None:
+    assert ctx.inj is not None and ctx.mem is not None
+    thread = ctx.proc.threads[0]
+    # Its return lands in the unmapped trampoline: an expected SIGSEGV stop.
+    ctx.inj.syscall_unmapping_self(K.SYS_MUNMAP, ctx.trampoline, TRAMPOLINE_SIZE)
+    pt.set_sigmask(ctx.pid, thread.sigmask)
+    pt.set_xstate(ctx.pid, thread.xstate)
+    pt.set_regs(ctx.pid, pt.regs_from_bytes(thread.regs))
+    ctx.mem.close()
+    ctx.mem = None
+    pt.detach(ctx.pid)   # signal 0: the SIGSEGV is discarded
+    if ctx.opts.pidfile is not None:
+        ctx.opts.pidfile.write_text(f"{ctx.pid}\n")
+
+
+async def resume(ctx: RestoreContext) -> None:
+    await ctx.tracer.call(resume_sync, ctx)
+    return None

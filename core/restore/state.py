@@ -1,0 +1,156 @@
+"""Stage: everything but memory and registers: mm fields, comm, cwd, umask,
+signal handlers, rlimits, files, rseq, credentials."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import resource
+
+from core.errors import LazarusError
+from core.images import pb
+from core.kernel import constants as K
+from core.kernel.libc import MASK64
+from core.kernel.structs import KernelSigaction, PrctlMmMap
+from core.restore.addrspace import open_in_target, put_string
+from core.restore.context import RestoreContext
+
+FILE_REOPEN_DROP = K.O_CREAT | K.O_EXCL | K.O_TRUNC
+SEEK_SET = 0
+F_DUPFD = 0
+
+
+def restore_mm(ctx: RestoreContext) -> None:
+    assert ctx.inj is not None and ctx.mem is not None
+    mm = ctx.proc.mm
+    exe_fd = open_in_target(ctx, mm.exe, K.O_RDONLY | K.O_CLOEXEC)
+    auxv_addr = ctx.scratch + 1024
+    ctx.mem.write(auxv_addr, mm.auxv)
+    req = PrctlMmMap(
+        start_code=mm.start_code, end_code=mm.end_code, start_data=mm.start_data,
+        end_data=mm.end_data, start_brk=mm.start_brk, brk=mm.brk, start_stack=mm.start_stack,
+        arg_start=mm.arg_start, arg_end=mm.arg_end, env_start=mm.env_start, env_end=mm.env_end,
+        auxv=auxv_addr, auxv_size=len(mm.auxv), exe_fd=exe_fd)
+    ctx.mem.write(ctx.scratch, bytes(req))
+    try:
+        ctx.inj.syscall(K.SYS_PRCTL, K.PR_SET_MM, K.PR_SET_MM_MAP, ctx.scratch,
+                        ctypes.sizeof(req), 0)
+    except OSError as exc:
+        raise LazarusError(f"cannot restore the memory layout fields (prctl PR_SET_MM_MAP): "
+                           f"{exc.strerror}") from None
+    finally:
+        ctx.inj.syscall(K.SYS_CLOSE, exe_fd)
+
+
+def restore_task_basics(ctx: RestoreContext) -> None:
+    assert ctx.inj is not None and ctx.mem is not None
+    inj, proc = ctx.inj, ctx.proc
+    inj.syscall(K.SYS_PRCTL, K.PR_SET_NAME, put_string(ctx, proc.comm[:15]))
+    try:
+        inj.syscall(K.SYS_CHDIR, put_string(ctx, proc.cwd))
+    except OSError as exc:
+        raise LazarusError(f"cannot enter working directory {proc.cwd}: {exc.strerror}") \
+            from None
+    inj.syscall(K.SYS_UMASK, proc.umask)
+    for act in proc.sigactions:
+        raw = KernelSigaction(act.handler, act.flags, act.restorer, act.mask)
+        ctx.mem.write(ctx.scratch, bytes(raw))
+        inj.syscall(K.SYS_RT_SIGACTION, act.signo, ctx.scratch, 0, 8)
+
+
+def restore_rlimits(ctx: RestoreContext) -> None:
+    for lim in ctx.proc.rlimits:
+        soft = resource.RLIM_INFINITY if lim.soft == MASK64 else lim.soft
+        hard = resource.RLIM_INFINITY if lim.hard == MASK64 else lim.hard
+        try:
+            resource.prlimit(ctx.pid, lim.resource, (soft, hard))
+        except (OSError, ValueError) as exc:
+            if getattr(exc, "errno", None) not in (errno.EPERM, None):
+                raise
+            ctx.warnings.append(f"rlimit {lim.resource} not restored ({exc}): kept the default")
+
+
+def describe_fd(fd: pb.FileDesc) -> str:
+    return f"fd {fd.fd} ({fd.path})"
+
+
+def close_all_but(ctx: RestoreContext, keep: list[int]) -> None:
+    """close_range over every gap between the fds in `keep` (sorted)."""
+    assert ctx.inj is not None
+    first = 0
+    for fd in [*sorted(keep), 0xFFFFFFFF + 1]:
+        if fd > first:
+            ctx.inj.syscall(K.SYS_CLOSE_RANGE, first, fd - 1, 0)
+        first = fd + 1
+
+
+def restore_fds(ctx: RestoreContext) -> None:
+    assert ctx.inj is not None
+    inj, proc = ctx.inj, ctx.proc
+    inherit = ctx.opts.inherit_fds
+    # Park the fds lazarus hands over above every number in play, then close
+    # everything the helper inherited below them.
+    floor = max([f.fd for f in proc.fds] + list(inherit.values()) + [2]) + 1
+    parked: dict[str, int] = {}
+    for key, lfd in sorted(inherit.items(), key=lambda kv: kv[1]):
+        parked[key] = inj.syscall(K.SYS_FCNTL, lfd, F_DUPFD, floor)
+        floor = max(floor, parked[key] + 1)
+    close_all_but(ctx, sorted(parked.values()))
+    for fd in proc.fds:
+        cloexec = fd.flags & K.O_CLOEXEC
+        if fd.path in parked:
+            inj.syscall(K.SYS_DUP3, parked[fd.path], fd.fd, cloexec)
+            continue
+        if fd.kind in (pb.FileDesc.TTY, pb.FileDesc.PIPE):
+            ctx.warnings.append(
+                f"{describe_fd(fd)} came from outside the image: reattached to /dev/null "
+                f"(use --inherit-fd fd[N]:{fd.path} to give it one)")
+            path, flags = "/dev/null", fd.flags & (K.O_ACCMODE | K.O_CLOEXEC)
+        elif fd.kind == pb.FileDesc.DIRECTORY:
+            path, flags = fd.path, K.O_RDONLY | K.O_DIRECTORY | cloexec
+        else:
+            path, flags = fd.path, fd.flags & ~FILE_REOPEN_DROP
+        try:
+            tmp = open_in_target(ctx, path, flags)
+        except OSError as exc:
+            raise LazarusError(f"cannot reopen {describe_fd(fd)}: {exc.strerror}") from None
+        if tmp != fd.fd:
+            inj.syscall(K.SYS_DUP3, tmp, fd.fd, cloexec)
+            inj.syscall(K.SYS_CLOSE, tmp)
+        if fd.kind == pb.FileDesc.REGULAR and fd.pos:
+            inj.syscall(K.SYS_LSEEK, fd.fd, fd.pos, SEEK_SET)
+    close_all_but(ctx, [f.fd for f in proc.fds])
+
+
+def restore_rseq(ctx: RestoreContext) -> None:
+    assert ctx.inj is not None
+    rseq = ctx.proc.threads[0].rseq
+    if rseq.ptr:
+        ctx.inj.syscall(K.SYS_RSEQ, rseq.ptr, rseq.size, 0, rseq.signature)
+
+
+def restore_creds(ctx: RestoreContext) -> None:
+    """Last, since dropping root may forbid what comes before."""
+    assert ctx.inj is not None and ctx.mem is not None
+    c, inj = ctx.proc.creds, ctx.inj
+    if (c.uid, c.euid, c.suid, c.gid, c.egid, c.sgid) == (0,) * 6 and not c.groups:
+        return
+    groups = b"".join(g.to_bytes(4, "little") for g in c.groups)
+    ctx.mem.write(ctx.scratch, groups or b"\0")
+    inj.syscall(K.SYS_SETGROUPS, len(c.groups), ctx.scratch)
+    inj.syscall(K.SYS_SETRESGID, c.gid, c.egid, c.sgid)
+    inj.syscall(K.SYS_SETRESUID, c.uid, c.euid, c.suid)
+
+
+def restore_state_sync(ctx: RestoreContext) -> None:
+    restore_mm(ctx)
+    restore_task_basics(ctx)
+    restore_rlimits(ctx)
+    restore_fds(ctx)
+    restore_rseq(ctx)
+    restore_creds(ctx)
+
+
+async def restore_state(ctx: RestoreContext) -> None:
+    await ctx.tracer.call(restore_state_sync, ctx)
+    return None
