@@ -57,9 +57,7 @@ class PageStoreWriter:
         self._zero_block = bytes(block_pages * PAGE_SIZE)
         try:
             # 0600: the file holds process memory, which holds secrets.
-            fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
-            )
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise ImageError(f"{self.path.name}: cannot create: {e.strerror}") from e
         # Buffered so that small blocks coalesce; blocks larger than the buffer

@@ -185,14 +185,14 @@ class ImageReader:
         inv = self._parse(INVENTORY, pb.Inventory())
         # proto3 cannot tell "unset" from zero, and garbage often parses
         # "successfully" into unknown fields; a real inventory always has these.
-        if inv.format_version == 0:
+        if inv.format_version == 0 or not inv.arch or not inv.kernel_release:
             raise ImageError(f"{INVENTORY} is not a valid image (garbage or truncated)")
         if inv.format_version != FORMAT_VERSION:
             raise ImageError(
                 f"{INVENTORY}: image format version {inv.format_version},"
                 f" this lazarus reads {FORMAT_VERSION}"
             )
-        if not inv.arch or not inv.kernel_release or inv.page_size == 0:
+        if inv.page_size == 0:
             raise ImageError(f"{INVENTORY} is not a valid image (garbage or truncated)")
         return inv
 
@@ -310,9 +310,7 @@ def describe_image(directory: Path) -> dict[str, object]:
         "root_pid": inv.root_pid,
         "pids": list(inv.pids),
         "leave_running": inv.leave_running,
-        "processes": [
-            _describe_process(reader.process(pid), inv.page_size) for pid in inv.pids
-        ],
+        "processes": [_describe_process(reader.process(pid), inv.page_size) for pid in inv.pids],
     }
 
 
@@ -363,7 +361,7 @@ def format_description(desc: Mapping[str, object]) -> str:
         for v in _get(p, "vmas", list):
             if isinstance(v, Mapping):
                 lines.append(
-                    f"    {_get(v, 'start', str):>18}-{_get(v, 'end', str):<18}"
+                    f"    {_get(v, 'start', str)}-{_get(v, 'end', str):<18}"
                     f" {_get(v, 'prot', str)} {_get(v, 'kind', str):<12} {_get(v, 'path', str)}"
                 )
         fds = _get(p, "fds", list)
