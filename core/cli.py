@@ -37,7 +37,8 @@ def parse_inherit(values: Sequence[str]) -> dict[str, int]:
     for value in values:
         m = INHERIT_FD.match(value)
         if not m:
-            raise LazarusError(f"--inherit-fd {value!r}: expected fd[N]:KEY, e.g. fd[1]:pipe:[1234]")
+            raise LazarusError(
+                f"--inherit-fd {value!r}: expected fd[N]:KEY, e.g. fd[1]:pipe:[1234]")
         fd = int(m.group(1))
         try:
             os.fstat(fd)
@@ -125,7 +126,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lazarus", description="Checkpoint and restore Linux processes.")
+    p = argparse.ArgumentParser(prog="lazarus",
+                                description="Checkpoint and restore Linux processes.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", required=True)
 

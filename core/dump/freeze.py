@@ -30,7 +30,8 @@ def check_target(pid: int) -> None:
     if stat.state in ("Z", "X"):
         raise LazarusError(f"PID {pid} is a zombie: nothing to dump")
     if stat.state in ("T", "t"):
-        raise LazarusError(f"PID {pid} is stopped or traced: stopped processes are not supported yet")
+        raise LazarusError(
+            f"PID {pid} is stopped or traced: stopped processes are not supported yet")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise LazarusError(f"PID {pid} is already traced by PID {tracer}")

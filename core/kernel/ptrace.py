@@ -13,6 +13,7 @@ import signal
 import time
 from ctypes import addressof, c_uint64, sizeof
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from ptrace import PtraceError
 from ptrace.binding import func as _pt
@@ -21,7 +22,17 @@ from ptrace.binding.linux_struct import user_regs_struct
 from core.kernel import constants as K
 from core.kernel.structs import IoVec, RseqConfiguration
 
-Regs = user_regs_struct
+
+class Regs(Protocol):
+    """The x86-64 user_regs_struct fields lazarus touches (a ctypes struct at run time)."""
+
+    rax: int
+    orig_rax: int
+    rip: int
+    rsp: int
+    fs_base: int
+
+
 REGS_SIZE = sizeof(user_regs_struct)
 XSTATE_MAX = 16384
 
@@ -59,7 +70,7 @@ def detach(pid: int, sig: int = 0) -> None:
 
 
 def get_regs(pid: int) -> Regs:
-    return _pt.ptrace_getregs(pid)
+    return cast(Regs, _pt.ptrace_getregs(pid))
 
 
 def set_regs(pid: int, regs: Regs) -> None:
@@ -67,17 +78,17 @@ def set_regs(pid: int, regs: Regs) -> None:
 
 
 def regs_to_bytes(regs: Regs) -> bytes:
-    return bytes(regs)
+    return bytes(cast(user_regs_struct, regs))
 
 
 def regs_from_bytes(data: bytes) -> Regs:
     if len(data) != REGS_SIZE:
         raise ValueError(f"register record is {len(data)} bytes, expected {REGS_SIZE}")
-    return user_regs_struct.from_buffer_copy(data)
+    return cast(Regs, user_regs_struct.from_buffer_copy(data))
 
 
 def copy_regs(regs: Regs) -> Regs:
-    return user_regs_struct.from_buffer_copy(bytes(regs))
+    return cast(Regs, user_regs_struct.from_buffer_copy(regs_to_bytes(regs)))
 
 
 def get_xstate(pid: int) -> bytes:
