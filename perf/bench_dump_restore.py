@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,7 @@ class RestoreResult:
     size: int
     compress: str
     method: str
+    round: int
     bytes: int
     memory_s: float
     total_s: float
@@ -315,7 +317,9 @@ class Bench:
         run.dumps.append(DumpResult(size, compress, int(out["pages_bytes"]),
                                     int(out["stored_bytes"]), dir_bytes(images),
                                     float(stages["memory"][0]), float(out["total_seconds"])))
-        for method in WRITE_METHODS:
+        # Alternate which method goes first: the second restore of a round may find
+        # memory the first one just freed, which is cheaper to fault in on this VM.
+        for method in WRITE_METHODS if rnd % 2 else WRITE_METHODS[::-1]:
             self.say(f"{tag}: restoring with {method}")
             out = run_worker(["restore", "--dir", str(images), "--write-method", method],
                              self.timeout_for(size))
@@ -327,7 +331,8 @@ class Bench:
             if not ok:
                 run.failures.append(f"{tag} {method}: checksum after restore differs")
             stages = out["stages"]
-            run.restores.append(RestoreResult(size, compress, method, int(stages["memory"][1]),
+            run.restores.append(RestoreResult(size, compress, method, rnd,
+                                              int(stages["memory"][1]),
                                               float(stages["memory"][0]),
                                               float(out["total_seconds"]), ok))
             self.kill_restored(pid)
@@ -347,58 +352,70 @@ class Bench:
             self.kill_restored(pid)
 
 
-def best_dumps(run: Run) -> list[DumpResult]:
-    best: dict[tuple[int, str], DumpResult] = {}
-    for d in run.dumps:
-        key = (d.size, d.compress)
-        if key not in best or d.total_s < best[key].total_s:
-            best[key] = d
-    return list(best.values())
+def med(values: list[float]) -> float:
+    return statistics.median(values)
 
 
-def best_restores(run: Run) -> list[RestoreResult]:
-    best: dict[tuple[int, str, str], RestoreResult] = {}
-    for r in run.restores:
-        key = (r.size, r.compress, r.method)
-        if key not in best or r.memory_s < best[key].memory_s:
-            best[key] = r
-    return list(best.values())
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    return f"{min(values):.0f}-{max(values):.0f}"
 
 
 def report(run: Run, repeat: int, data: str) -> str:
     base = {b.size: b for b in run.baselines}
-    lines = [f"lazarus eager dump/restore benchmark, {data} data, best of {repeat} "
-             f"(MB = 10^6 bytes; x = speed / memcpy speed of the same size, same run)", ""]
+    lines = [f"lazarus eager dump/restore benchmark, {data} data, {repeat} round(s): median "
+             f"MB/s (range over rounds); MB = 10^6 bytes;",
+             "x memcpy = median total speed / memcpy speed of the same size in the same run", ""]
     for b in run.baselines:
         lines.append(f"baseline {fmt_size(b.size):>8}: memcpy {b.memcpy_mbps:6.0f} MB/s "
                      f"(best of 3); copy into fresh memory {b.fresh_copy_mbps:6.0f} MB/s "
                      f"best of 3, {b.fresh_first_mbps:6.0f} MB/s first")
+
     lines += ["", "dump (target killed after the dump)",
               f"{'size':>8} {'compress':>8} {'pages MB':>9} {'image MB':>9} "
-              f"{'memory MB/s':>12} {'total MB/s':>11} {'x memcpy':>9}"]
-    for d in best_dumps(run):
-        total = mbps(d.pages_bytes, d.total_s)
-        lines.append(f"{fmt_size(d.size):>8} {d.compress:>8} {d.pages_bytes / 1e6:9.1f} "
-                     f"{d.image_bytes / 1e6:9.1f} {mbps(d.pages_bytes, d.memory_s):12.0f} "
-                     f"{total:11.0f} {total / base[d.size].memcpy_mbps:9.3f}")
+              f"{'memory MB/s':>12} {'total MB/s':>11} {'range':>9} {'x memcpy':>9}"]
+    dump_keys = sorted({(d.size, d.compress) for d in run.dumps},
+                       key=lambda k: (k[0], COMPRESSIONS.index(k[1])))
+    for size, compress in dump_keys:
+        ds = [d for d in run.dumps if (d.size, d.compress) == (size, compress)]
+        mem = [mbps(d.pages_bytes, d.memory_s) for d in ds]
+        tot = [mbps(d.pages_bytes, d.total_s) for d in ds]
+        lines.append(f"{fmt_size(size):>8} {compress:>8} {ds[0].pages_bytes / 1e6:9.1f} "
+                     f"{med([d.image_bytes for d in ds]) / 1e6:9.1f} {med(mem):12.0f} "
+                     f"{med(tot):11.0f} {spread(tot):>9} "
+                     f"{med(tot) / base[size].memcpy_mbps:9.3f}")
+
     lines += ["", "restore -d (checksum recomputed by the restored process)",
-              f"{'size':>8} {'compress':>8} {'method':>9} {'memory MB/s':>12} "
+              f"{'size':>8} {'compress':>8} {'method':>9} {'memory MB/s':>12} {'range':>9} "
               f"{'total MB/s':>11} {'x memcpy':>9} {'total s':>8} {'checksum':>9}"]
-    restores = best_restores(run)
-    for r in restores:
-        total = mbps(r.bytes, r.total_s)
-        lines.append(f"{fmt_size(r.size):>8} {r.compress:>8} {r.method:>9} "
-                     f"{mbps(r.bytes, r.memory_s):12.0f} {total:11.0f} "
-                     f"{total / base[r.size].memcpy_mbps:9.3f} {r.total_s:8.3f} "
-                     f"{'ok' if r.checksum_ok else 'DIFFERS':>9}")
-    lines += ["", "restore memory stage, vmwritev time / procmem time (< 1: vmwritev faster)"]
-    by_key = {(r.size, r.compress, r.method): r for r in restores}
-    for (size, compress, method), r in sorted(by_key.items()):
-        if method != "procmem" or (size, compress, "vmwritev") not in by_key:
+    rest_keys = sorted({(r.size, r.compress, r.method) for r in run.restores},
+                       key=lambda k: (k[0], COMPRESSIONS.index(k[1]), k[2]))
+    for size, compress, method in rest_keys:
+        rs = [r for r in run.restores if (r.size, r.compress, r.method) == (size, compress, method)]
+        mem = [mbps(r.bytes, r.memory_s) for r in rs]
+        tot = [mbps(r.bytes, r.total_s) for r in rs]
+        ok = all(r.checksum_ok for r in rs)
+        lines.append(f"{fmt_size(size):>8} {compress:>8} {method:>9} {med(mem):12.0f} "
+                     f"{spread(mem):>9} {med(tot):11.0f} "
+                     f"{med(tot) / base[size].memcpy_mbps:9.3f} "
+                     f"{med([r.total_s for r in rs]):8.3f} {'ok' if ok else 'DIFFERS':>9}")
+
+    lines += ["", "restore memory stage, vmwritev time / procmem time on the same image "
+              "(< 1: vmwritev faster); median (range)"]
+    pairs: dict[tuple[int, str], list[float]] = {}
+    for r in run.restores:
+        if r.method != "procmem":
             continue
-        v = by_key[(size, compress, "vmwritev")]
-        lines.append(f"{fmt_size(size):>8} {compress:>8}: {v.memory_s / r.memory_s:6.3f} "
-                     f"({v.memory_s * 1000:.0f} ms vs {r.memory_s * 1000:.0f} ms)")
+        for v in run.restores:
+            if (v.method == "vmwritev" and (v.size, v.compress, v.round) ==
+                    (r.size, r.compress, r.round)):
+                pairs.setdefault((r.size, r.compress), []).append(v.memory_s / r.memory_s)
+    for (size, compress), ratios in sorted(pairs.items(),
+                                           key=lambda kv: (kv[0][0],
+                                                           COMPRESSIONS.index(kv[0][1]))):
+        rng = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+        lines.append(f"{fmt_size(size):>8} {compress:>8}: {med(ratios):.2f}{rng}")
     if run.failures:
         lines += ["", "FAILURES:"] + [f"  {f}" for f in run.failures]
     return "\n".join(lines)
@@ -416,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Benchmark eager dump and restore.")
     p.add_argument("--sizes", default="64M,1G", help="comma-separated sizes (default 64M,1G)")
     p.add_argument("--repeat", type=int, default=1,
-                   help="dumps per size and compression; the best of them is shown")
+                   help="rounds (a fresh workload, a dump, a restore per method) per size and "
+                        "compression; medians and ranges are shown")
     p.add_argument("--data", choices=("random", "half"), default="random",
                    help="random (incompressible) or half (64-byte records, half constant)")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON too")
