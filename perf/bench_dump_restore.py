@@ -60,6 +60,8 @@ for off in range(0, size, chunk):
         for i in range(32, 64):
             view[i::64] = bytes([0x41 + i % 26]) * len(view[i::64])
         buf[off:off + n] = rec
+        view.release()
+        del rnd, rec, view
 def publish(*_):
     digest = hashlib.sha256(buf).hexdigest()
     tmp = os.path.join(state, "sum.tmp")
