@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from core.check import run_checks
 from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
+from core.restore.context import RestoreOptions
 
 T = TypeVar("T")
 log = logging.getLogger("lazarus")
@@ -98,22 +99,98 @@ def wait_restored(pid: int) -> int:
             continue
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    from core.restore import RestoreOptions, restore
+class Detacher:
+    """`restore --lazy -d`: the lazy daemon must outlive the command, so the
+    command forks first (before any thread or event loop exists); the parent
+    exits once the child reports the process running, the child serves pages."""
 
-    opts = RestoreOptions(images_dir=Path(args.images_dir), detach=args.detach,
-                          pidfile=Path(args.pidfile) if args.pidfile else None,
-                          inherit_fds=parse_inherit(args.inherit_fd),
-                          write_method=args.write_method)
-    ctx, stats = run_async(restore(opts))
+    def __init__(self) -> None:
+        self._write_fd: int | None = None
+
+    def fork(self) -> int | None:
+        """In the parent: wait for the child's word and return the exit status.
+        In the child: return None and carry on."""
+        read_fd, write_fd = os.pipe()
+        if os.fork() == 0:
+            os.close(read_fd)
+            self._write_fd = write_fd
+            return None
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            word = pipe.read().decode(errors="replace")
+        if word.startswith("ok"):
+            return 0
+        if word:
+            print(word.rstrip("\n"), file=sys.stderr)
+        else:
+            print("lazarus: error: the restore daemon ended without a word", file=sys.stderr)
+        return 1
+
+    def report(self, word: str) -> None:
+        if self._write_fd is None:
+            return
+        os.write(self._write_fd, word.encode())
+        os.close(self._write_fd)
+        self._write_fd = None
+
+
+async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
+                            detacher: Detacher) -> int:
+    """Restore; in lazy mode keep serving pages until all are in. Returns the PID."""
+    from core.kernel.process import pidfd_open
+    from core.restore import restore
+
+    ctx, stats = await restore(opts)
     for w in ctx.warnings:
         log.warning("%s", w)
     if args.stats:
         print(f"restored PID {ctx.proc.pid}", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
+    detacher.report(f"ok {ctx.pid}\n")
+    if ctx.daemon is not None:
+        pidfd = pidfd_open(ctx.pid)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, ctx.daemon.process_gone)
+        try:
+            lazy_stats = await ctx.daemon.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            for source in (ctx.source, ctx.push_source):
+                if source is not None:
+                    await source.close()
+        if args.stats:
+            fetched = sum(s.bytes_fetched for s in (ctx.source, ctx.push_source) if s)
+            info = lazy_stats.as_dict()
+            last = info["time_to_last_page"]
+            print(f"lazy: time to resume {stats.total_seconds * 1000:.1f} ms, "
+                  f"{info['faults']} faults ({info['pages_faulted']} pages), "
+                  f"{info['pages_pushed']} pages pushed, {fetched / 1e6:.1f} MB fetched, "
+                  f"time to last page "
+                  f"{'n/a' if last is None else f'{float(str(last)) * 1000:.1f} ms'}",
+                  file=sys.stderr)
+    return ctx.pid
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    opts = RestoreOptions(images_dir=Path(args.images_dir), detach=args.detach,
+                          pidfile=Path(args.pidfile) if args.pidfile else None,
+                          inherit_fds=parse_inherit(args.inherit_fd),
+                          write_method=args.write_method, lazy=args.lazy,
+                          fault_around=args.fault_around, lazy_timeout=args.lazy_timeout)
+    detacher = Detacher()
+    if args.lazy and args.detach:
+        status = detacher.fork()
+        if status is not None:
+            return status
+    try:
+        pid = run_async(restore_and_serve(opts, args, detacher))
+    except (LazarusError, ImageError) as exc:
+        detacher.report(f"lazarus: error: {exc}\n")
+        raise
     if args.detach:
         return 0
-    return wait_restored(ctx.proc.pid)
+    return wait_restored(pid)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -155,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "outside file KEY (as `lazarus show` names it, e.g. pipe:[1234])")
     r.add_argument("--write-method", choices=("procmem", "vmwritev"), default="procmem",
                    help=argparse.SUPPRESS)
+    r.add_argument("--lazy", action="store_true",
+                   help="start the process at once and fault its memory in on demand")
+    r.add_argument("--fault-around", type=int, default=64, metavar="PAGES",
+                   help="pages served per page fault in lazy mode (default 64)")
+    r.add_argument("--lazy-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a lost page server may stay lost before the restored "
+                        "process is killed (default 30)")
     r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     r.set_defaults(func=cmd_restore)
 

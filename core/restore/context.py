@@ -9,6 +9,8 @@ from core.images import ImageReader, pb
 from core.kernel.inject import Injector
 from core.kernel.memory import ProcMem
 from core.kernel.tracer import Tracer
+from lazy.daemon import LazyDaemon
+from lazy.source import PageSource
 
 
 @dataclass
@@ -20,6 +22,13 @@ class RestoreOptions:
     # "/dev/pts/3") -> fd of lazarus to put in its place
     inherit_fds: dict[str, int] = field(default_factory=dict)
     write_method: str = "procmem"   # "procmem" (/proc/PID/mem) or "vmwritev"
+    lazy: bool = False
+    fault_around: int = 64            # pages served per fault
+    lazy_timeout: float = 30.0        # how long a lost page server may stay lost
+    page_server: str | None = None    # HOST:PORT; metadata and pages come from there
+    image_name: str | None = None
+    token_file: Path | None = None
+    tls_ca: Path | None = None
 
 
 @dataclass
@@ -34,6 +43,9 @@ class RestoreContext:
     inj: Injector | None = None
     trampoline: int = 0
     warnings: list[str] = field(default_factory=list)
+    source: PageSource | None = None       # lazy restore: where pages come from
+    push_source: PageSource | None = None  # lazy restore: a second channel for the bulk push
+    daemon: LazyDaemon | None = None
 
     @property
     def scratch(self) -> int:

@@ -1,9 +1,15 @@
-"""Stage: write the stored pages into the new address space, then set final protections."""
+"""Stage: write the stored pages into the new address space, then set final protections.
+
+Eager restore writes every page. Lazy restore writes only the pages outside
+private anonymous memory here and hands the rest to the lazy daemon.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from core.errors import LazarusError
-from core.images import ImageError
+from core.images import ImageError, pb
 from core.kernel import constants as K
 from core.kernel.memory import vm_writev
 from core.restore.addrspace import needs_fill
@@ -12,14 +18,13 @@ from core.restore.context import RestoreContext
 VMWRITEV_BATCH = 16 << 20   # bytes gathered before one process_vm_writev
 
 
-def write_memory_sync(ctx: RestoreContext) -> int:
-    assert ctx.reader is not None and ctx.mem is not None and ctx.inj is not None
-    reader = ctx.reader.page_reader(ctx.proc)
+def write_pages(ctx: RestoreContext, blocks: Iterable[tuple[int, bytes]]) -> int:
+    assert ctx.mem is not None
     total = 0
     pending: list[tuple[int, bytes]] = []
     pending_bytes = 0
     try:
-        for vaddr, data in reader.iter_blocks():
+        for vaddr, data in blocks:
             total += len(data)
             if ctx.opts.write_method == "vmwritev":
                 pending.append((vaddr, data))
@@ -33,12 +38,30 @@ def write_memory_sync(ctx: RestoreContext) -> int:
             vm_writev(ctx.pid, pending)
     except ImageError as exc:
         raise LazarusError(str(exc)) from None
+    return total
+
+
+def set_final_protections(ctx: RestoreContext) -> None:
+    """VMAs mapped writable for filling get their dumped protection back."""
+    assert ctx.inj is not None
     filled = needs_fill(ctx.proc)
     for vma in ctx.proc.vmas:
         if vma.start in filled and vma.prot != (vma.prot | K.PROT_READ | K.PROT_WRITE):
             ctx.inj.syscall(K.SYS_MPROTECT, vma.start, vma.end - vma.start, vma.prot)
+
+
+def write_memory_sync(ctx: RestoreContext) -> int:
+    assert ctx.reader is not None
+    with ctx.reader.page_reader(ctx.proc) as pages:
+        total = write_pages(ctx, pages.iter_blocks())
+    set_final_protections(ctx)
     return total
 
 
 async def write_memory(ctx: RestoreContext) -> int:
     return await ctx.tracer.call(write_memory_sync, ctx)
+
+
+def is_lazy(vma: pb.Vma) -> bool:
+    """Private anonymous memory is served lazily; the rest is written up front."""
+    return vma.kind == pb.Vma.ANON_PRIVATE

@@ -12,6 +12,7 @@ from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.process import clone_traced_helper
 from core.restore.context import RestoreContext
+from lazy.source import LocalPageSource
 
 PID_WAIT = 3.0      # a killed target may be reaped late by its parent or PID 1
 VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
@@ -52,7 +53,16 @@ def read_image_sync(ctx: RestoreContext) -> None:
 
 async def read_image(ctx: RestoreContext) -> None:
     read_image_sync(ctx)
+    if ctx.opts.lazy:
+        assert ctx.reader is not None
+        ctx.source = LocalPageSource(ctx.reader, ctx.proc)
     return None
+
+
+async def close_sources(ctx: RestoreContext) -> None:
+    for source in (ctx.source, ctx.push_source):
+        if source is not None:
+            await source.close()
 
 
 def create_process_sync(ctx: RestoreContext) -> None:

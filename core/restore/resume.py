@@ -24,4 +24,6 @@ def resume_sync(ctx: RestoreContext) -> None:
 
 async def resume(ctx: RestoreContext) -> None:
     await ctx.tracer.call(resume_sync, ctx)
+    if ctx.daemon is not None:
+        ctx.daemon.start_push()
     return None

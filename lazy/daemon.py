@@ -1,0 +1,276 @@
+"""The lazy-pages daemon: serves the restored process's page faults from a
+PageSource through userfaultfd, pushes every other page in the background,
+follows the process's REMOVE/UNMAP/REMAP events, and ends when every page
+the image holds is in (or the process is gone).
+
+Everything runs on the event loop thread: uffd ioctls take ctypes structs
+that must not be shared between threads, and faults must be served while
+the restorer's tracer thread is still injecting syscalls (the kernel touches
+the rseq area during restore).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from core.kernel import uffd
+from lazy.regions import PAGE, Region, RegionMap
+from lazy.source import PageSource
+
+log = logging.getLogger("lazarus.lazy")
+
+DEFAULT_FAULT_AROUND = 64     # pages fetched per fault
+PUSH_CHUNK_MIN = 16           # pages per request when pushing leftovers; doubles up to MAX
+PUSH_CHUNK_MAX = 1024
+EAGAIN_RETRIES = 1000
+
+
+class LazyError(Exception):
+    """The daemon could not deliver pages; the restored process was killed."""
+
+
+@dataclass
+class LazyStats:
+    started: float = field(default_factory=time.monotonic)
+    resumed_at: float | None = None
+    finished_at: float | None = None
+    faults: int = 0
+    pages_faulted: int = 0
+    pages_pushed: int = 0
+    zero_pages: int = 0
+    events: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        last = (self.finished_at - self.resumed_at
+                if self.finished_at is not None and self.resumed_at is not None else None)
+        return {"faults": self.faults, "pages_faulted": self.pages_faulted,
+                "pages_pushed": self.pages_pushed, "zero_pages": self.zero_pages,
+                "events": self.events, "time_to_last_page": last}
+
+
+def _addr(data: bytes) -> int:
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+class LazyDaemon:
+    def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
+                 push_source: PageSource | None = None,
+                 fault_around: int = DEFAULT_FAULT_AROUND) -> None:
+        self.fd = uffd_fd
+        self.pid = pid
+        self.regions = regions
+        self.fault_source = fault_source
+        self.push_source = push_source or fault_source
+        self.fault_around = max(1, fault_around)
+        self.stats = LazyStats()
+        self.fault_latencies: list[float] = []
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gone = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start reading the uffd; call before REGISTER can see a fault."""
+        self._loop.add_reader(self.fd, self._on_readable)
+
+    def start_push(self) -> None:
+        """The process runs: push every remaining page in the background."""
+        self.stats.resumed_at = time.monotonic()
+        self._spawn(self._push_all())
+
+    async def wait(self) -> LazyStats:
+        """Until every page is in or the process is gone; raises LazyError on failure."""
+        try:
+            await self._done
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.fd)
+        for task in list(self._tasks):
+            task.cancel()
+        os.close(self.fd)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._done.done():
+            return
+        if not self._gone:
+            # Never let the process read a missing page as zeros: end it.
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            msg = f"lazy pages from {self.fault_source.name} failed ({exc}): " \
+                  f"killed restored process {self.pid}"
+            self._done.set_exception(LazyError(msg))
+        else:
+            self._done.set_result(None)
+
+    def _finish(self) -> None:
+        if not self._done.done():
+            self.stats.finished_at = time.monotonic()
+            self._done.set_result(None)
+
+    def process_gone(self) -> None:
+        self._gone = True
+        self._finish()
+
+    # -- events ------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        for msg in uffd.read_messages(self.fd):
+            if msg.event == uffd.UFFD_EVENT_PAGEFAULT:
+                self.stats.faults += 1
+                self._spawn(self._serve_fault(msg.b & ~(PAGE - 1), time.perf_counter()))
+            elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
+                self.stats.events += 1
+                self.regions.drop_range(msg.a, msg.b)
+            elif msg.event == uffd.UFFD_EVENT_REMAP:
+                self.stats.events += 1
+                self.regions.remap(msg.a, msg.b, msg.c)
+            else:
+                log.warning("unexpected userfaultfd event %#x", msg.event)
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        if self.regions.pending_pages == 0 and self.stats.resumed_at is not None:
+            self._finish()
+
+    # -- filling -----------------------------------------------------------
+
+    def _copy_run(self, region: Region, index: int, data: bytes, offset: int,
+                  count: int) -> tuple[int, bool]:
+        """Copy `count` pages of data[offset:] to page `index` of region.
+        Returns (pages now in, retry) where retry asks to try again later (EAGAIN)."""
+        dst = region.start + index * PAGE
+        base = _addr(data) + offset
+        done = 0
+        while done < count:
+            res = uffd.copy(self.fd, dst + done * PAGE, base + done * PAGE, (count - done) * PAGE)
+            if res > 0:
+                n = res // PAGE
+                self.regions.mark_done(region, index + done, n)
+                done += n
+            elif res == -errno.EEXIST:
+                # Already present (a racing copy, or a page the process wrote): skip it.
+                self.regions.mark_done(region, index + done, 1)
+                done += 1
+            elif res == -errno.EAGAIN:
+                return done, True
+            elif res in (-errno.ESRCH, -errno.ENOENT):
+                self.process_gone()
+                return done, False
+            else:
+                raise OSError(-res, f"UFFDIO_COPY at {dst:#x}: {os.strerror(-res)}")
+        return done, False
+
+    async def _fill(self, region: Region, index: int, data: bytes, first: int,
+                    count: int) -> int:
+        """Copy the still-pending pages among data's pages [first, first+count)
+        (page `first` of data belongs at page `index` of region). Returns pages copied."""
+        copied = 0
+        for _ in range(EAGAIN_RETRIES):
+            if self._closed or self._gone or index >= len(region.pending):
+                return copied
+            retry = False
+            start = region.start + index * PAGE
+            for i, n in self.regions.pending_runs(region, start, count):
+                off = (first + i - index) * PAGE
+                got, retry = self._copy_run(region, i, data, off, n)
+                copied += got
+                if retry:
+                    break
+            if not retry:
+                return copied
+            await asyncio.sleep(0)   # let the pending event be read, then try again
+        raise LazyError(f"userfaultfd copy at {region.start + index * PAGE:#x} kept failing")
+
+    async def _serve_fault(self, page: int, t0: float) -> None:
+        region = self.regions.find(page)
+        index = region.page_index(page) if region is not None else 0
+        if region is None or not region.pending[index]:
+            # Not owed by the image (a hole, a removed page, grown memory):
+            # zeros are the right content, or the page is in already.
+            res = uffd.zeropage(self.fd, page, PAGE)
+            if res == -errno.EEXIST or res == -errno.EAGAIN:
+                uffd.wake(self.fd, page, PAGE)
+            elif res > 0:
+                self.stats.zero_pages += 1
+            self._record_fault(t0)
+            return
+        count = min(self.fault_around, len(region.pending) - index)
+        src = region.src + index * PAGE
+        data = await self.fault_source.get_pages(src, count)
+        if region.start + index * PAGE != page or index >= len(region.pending):
+            uffd.wake(self.fd, page, PAGE)   # remapped while we fetched: let it fault again
+            return
+        self.stats.pages_faulted += await self._fill(region, index, data, 0, count)
+        if region.pending[index]:
+            uffd.wake(self.fd, page, PAGE)
+        self._record_fault(t0)
+        self._check_complete()
+
+    def _record_fault(self, t0: float) -> None:
+        self.fault_latencies.append(time.perf_counter() - t0)
+
+    async def _push_all(self) -> None:
+        async for vaddr, data in self.push_source.stream():
+            if self._closed or self._gone:
+                return
+            await self._push_block(vaddr, data)
+            self._check_complete()
+            await asyncio.sleep(0)   # faults first
+        # Leftovers: pages skipped by EAGAIN, or moved by mremap while streaming.
+        chunk = PUSH_CHUNK_MIN
+        while self.regions.pending_pages and not (self._closed or self._gone):
+            for region in self.regions:
+                for i, n in self.regions.pending_runs(region, region.start, len(region.pending)):
+                    n = min(n, chunk)
+                    data = await self.fault_source.get_pages(region.src + i * PAGE, n)
+                    self.stats.pages_pushed += await self._fill(region, i, data, 0, n)
+                    chunk = min(chunk * 2, PUSH_CHUNK_MAX)
+                    break
+            self._check_complete()
+            await asyncio.sleep(0)
+        self._check_complete()
+
+    async def _push_block(self, vaddr: int, data: bytes) -> None:
+        """A block in image addresses: copy the parts of it still owed, wherever they live now."""
+        npages = len(data) // PAGE
+        end = vaddr + npages * PAGE
+        for region in self.regions:
+            src_end = region.src + len(region.pending) * PAGE
+            lo, hi = max(vaddr, region.src), min(end, src_end)
+            if lo >= hi:
+                continue
+            index = (lo - region.src) // PAGE
+            first = (lo - vaddr) // PAGE
+            self.stats.pages_pushed += await self._fill(region, index, data, first,
+                                                        (hi - lo) // PAGE)
