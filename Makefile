@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Icore/images --python_out=core/images --pyi_out=core/images core/images/lazarus.proto
+	$(PY) -m grpc_tools.protoc -Ipageserver --python_out=pageserver --pyi_out=pageserver pageserver/wire.proto
 
 check: $(STAMP)
 	$(VENV)/bin/lazarus check
