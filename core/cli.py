@@ -165,7 +165,8 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
             last = info["time_to_last_page"]
             print(f"lazy: time to resume {stats.total_seconds * 1000:.1f} ms, "
                   f"{info['faults']} faults ({info['pages_faulted']} pages), "
-                  f"{info['pages_pushed']} pages pushed, {fetched / 1e6:.1f} MB fetched, "
+                  f"{info['pages_pushed']} pages pushed, {info['events']} events, "
+                  f"{fetched / 1e6:.1f} MB fetched, "
                   f"time to last page "
                   f"{'n/a' if last is None else f'{float(str(last)) * 1000:.1f} ms'}",
                   file=sys.stderr)
@@ -177,7 +178,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
                           pidfile=Path(args.pidfile) if args.pidfile else None,
                           inherit_fds=parse_inherit(args.inherit_fd),
                           write_method=args.write_method, lazy=args.lazy,
-                          fault_around=args.fault_around, lazy_timeout=args.lazy_timeout)
+                          fault_around=args.fault_around, lazy_timeout=args.lazy_timeout,
+                          push_delay=args.push_delay)
     detacher = Detacher()
     if args.lazy and args.detach:
         status = detacher.fork()
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lazy-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long a lost page server may stay lost before the restored "
                         "process is killed (default 30)")
+    # Tests use it to see faults and events hit pages that are still lazy.
+    r.add_argument("--push-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     r.set_defaults(func=cmd_restore)
 

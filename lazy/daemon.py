@@ -62,13 +62,14 @@ def _addr(data: bytes) -> int:
 class LazyDaemon:
     def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
                  push_source: PageSource | None = None,
-                 fault_around: int = DEFAULT_FAULT_AROUND) -> None:
+                 fault_around: int = DEFAULT_FAULT_AROUND, push_delay: float = 0.0) -> None:
         self.fd = uffd_fd
         self.pid = pid
         self.regions = regions
         self.fault_source = fault_source
         self.push_source = push_source or fault_source
         self.fault_around = max(1, fault_around)
+        self.push_delay = push_delay
         self.stats = LazyStats()
         self.fault_latencies: list[float] = []
         self._loop = asyncio.get_running_loop()
@@ -241,6 +242,8 @@ class LazyDaemon:
         self.fault_latencies.append(time.perf_counter() - t0)
 
     async def _push_all(self) -> None:
+        if self.push_delay:
+            await asyncio.sleep(self.push_delay)
         async for vaddr, data in self.push_source.stream():
             if self._closed or self._gone:
                 return

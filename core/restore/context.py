@@ -25,6 +25,7 @@ class RestoreOptions:
     lazy: bool = False
     fault_around: int = 64            # pages served per fault
     lazy_timeout: float = 30.0        # how long a lost page server may stay lost
+    push_delay: float = 0.0           # seconds before the background push starts
     page_server: str | None = None    # HOST:PORT; metadata and pages come from there
     image_name: str | None = None
     token_file: Path | None = None
