@@ -35,6 +35,7 @@ class Regs(Protocol):
 
 REGS_SIZE = sizeof(user_regs_struct)
 XSTATE_MAX = 16384
+SPIN_SECONDS = 0.002
 
 
 class TraceError(Exception):
@@ -166,11 +167,15 @@ def wait(pid: int, timeout: float | None = None) -> WaitResult:
         _, status = os.waitpid(pid, K.WALL)
         return WaitResult(status)
     deadline = time.monotonic() + timeout
-    delay = 0.00002
+    spin_until = time.perf_counter() + SPIN_SECONDS
+    delay = 0.0001
     while True:
         got, status = os.waitpid(pid, K.WALL | os.WNOHANG)
         if got == pid:
             return WaitResult(status)
+        # Injected syscalls finish in tens of microseconds: spin briefly before sleeping.
+        if time.perf_counter() < spin_until:
+            continue
         if time.monotonic() >= deadline:
             raise TraceError(f"process {pid} did not stop within {timeout:.1f} s")
         time.sleep(delay)

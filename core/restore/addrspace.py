@@ -60,7 +60,8 @@ def needs_fill(proc: pb.ProcessImage) -> set[int]:
     return out
 
 
-def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool) -> None:
+def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool,
+            open_files: dict[tuple[str, int], int]) -> None:
     assert ctx.inj is not None
     inj = ctx.inj
     size = vma.end - vma.start
@@ -76,19 +77,21 @@ def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool) -> None:
         shared = vma.kind == pb.Vma.FILE_SHARED
         flags |= K.MAP_SHARED if shared else K.MAP_PRIVATE
         mode = K.O_RDWR if shared and vma.prot & K.PROT_WRITE else K.O_RDONLY
-        try:
-            fd = open_in_target(ctx, vma.path, mode | K.O_CLOEXEC)
-        except OSError as exc:
-            raise LazarusError(f"cannot open mapped file {vma.path}: {exc.strerror}") from None
+        # One open per file, not per VMA: a library has four or five VMAs.
+        fd = open_files.get((vma.path, mode), -1)
+        if fd < 0:
+            try:
+                fd = open_in_target(ctx, vma.path, mode | K.O_CLOEXEC)
+            except OSError as exc:
+                raise LazarusError(f"cannot open mapped file {vma.path}: {exc.strerror}") \
+                    from None
+            open_files[(vma.path, mode)] = fd
     try:
         got = inj.syscall(K.SYS_MMAP, vma.start, size, prot, flags, fd,
                           vma.pgoff if fd >= 0 else 0)
     except OSError as exc:
         what = vma.path or vma.name or "anonymous memory"
         raise LazarusError(f"cannot map {what} at {vma.start:#x}: {exc.strerror}") from None
-    finally:
-        if fd >= 0:
-            inj.syscall(K.SYS_CLOSE, fd)
     if got != vma.start:
         raise LazarusError(f"mapping at {vma.start:#x} landed at {got:#x}")
 
@@ -117,9 +120,14 @@ def build_address_space_sync(ctx: RestoreContext) -> None:
     if vvar is not None:
         inj.syscall(K.SYS_ARCH_PRCTL, K.ARCH_MAP_VDSO_64, vvar.start)
     filled = needs_fill(proc)
-    for vma in proc.vmas:
-        if vma.kind in MAPPED_KINDS:
-            map_vma(ctx, vma, vma.start in filled)
+    open_files: dict[tuple[str, int], int] = {}
+    try:
+        for vma in proc.vmas:
+            if vma.kind in MAPPED_KINDS:
+                map_vma(ctx, vma, vma.start in filled, open_files)
+    finally:
+        for fd in open_files.values():
+            inj.syscall(K.SYS_CLOSE, fd)
 
 
 async def build_address_space(ctx: RestoreContext) -> None:
