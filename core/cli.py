@@ -126,12 +126,25 @@ class Detacher:
             print("lazarus: error: the restore daemon ended without a word", file=sys.stderr)
         return 1
 
-    def report(self, word: str) -> None:
+    def report(self, word: str, log_file: str | None = None) -> None:
+        """Tell the waiting parent; then stop holding the caller's stdout and
+        stderr (a caller reading them would otherwise wait for the last page)."""
         if self._write_fd is None:
             return
         os.write(self._write_fd, word.encode())
         os.close(self._write_fd)
         self._write_fd = None
+        if not word.startswith("ok"):
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        target = os.open(log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        os.close(target)
+        os.close(devnull)
 
 
 async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
@@ -146,7 +159,7 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
     if args.stats:
         print(f"restored PID {ctx.proc.pid}", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
-    detacher.report(f"ok {ctx.pid}\n")
+    detacher.report(f"ok {ctx.pid}\n", args.log_file)
     if ctx.daemon is not None:
         pidfd = pidfd_open(ctx.pid)
         loop = asyncio.get_running_loop()
@@ -241,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lazy-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long a lost page server may stay lost before the restored "
                         "process is killed (default 30)")
+    r.add_argument("--log-file", metavar="FILE",
+                   help="with --lazy -d: where the page daemon writes its messages and "
+                        "--stats once detached (default: nowhere)")
     # Tests use it to see faults and events hit pages that are still lazy.
     r.add_argument("--push-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")

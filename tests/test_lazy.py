@@ -1,0 +1,97 @@
+"""Lazy restore from a local image: the process runs at once, its private
+anonymous memory is faulted in through userfaultfd and pushed in the background."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import (
+    Procs,
+    assert_exact,
+    dump,
+    is_alive,
+    proc_state,
+    read_counter,
+    restore_detached,
+    wait_lines,
+    wait_until,
+)
+
+ALL_PAGES_TIMEOUT = 60.0
+
+
+def parent_of(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def is_lazarus(pid: int) -> bool:
+    try:
+        return any(b"lazarus" in a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+    except FileNotFoundError:
+        return False
+
+
+def test_lazy_counter_goes_on(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "counter.txt"
+    w = procs.python("counter", str(out))
+    before = wait_lines(out, 5)
+    images = tmp_path / "img"
+    dump(w, images)
+    at_dump = read_counter(out)
+    assert at_dump[: len(before)] == before
+    pid = restore_detached(images, tmp_path / "pid", "--lazy")
+    procs.adopt(pid)
+    assert pid == w.pid
+    values = wait_lines(out, len(at_dump) + 8)
+    assert_exact(values)
+
+
+def test_lazy_sleeper_restarts_its_sleep(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "counter.txt"
+    w = procs.python("counter", str(out), "--interval", "0.3")
+    wait_lines(out, 2)
+    images = tmp_path / "img"
+    dump(w, images)
+    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--fault-around", "1")
+    procs.adopt(pid)
+    assert_exact(wait_lines(out, len(read_counter(out)) + 3))
+
+
+def test_lazy_bigmem_runs_early_and_gets_every_page(procs: Procs, tmp_path: Path) -> None:
+    w = procs.python("bigmem", str(tmp_path))
+    wait_until(lambda: (tmp_path / "before.sha").exists(), 30, "bigmem to fill its memory")
+    before = (tmp_path / "before.sha").read_text()
+    images = tmp_path / "img"
+    dump(w, images)
+    pid = restore_detached(images, tmp_path / "pid", "--lazy")
+    procs.adopt(pid)
+    # Running early: the command is back, the process runs, and its parent, the
+    # lazarus daemon still pushing pages, is alive (it ends once every page is in).
+    assert is_alive(pid)
+    daemon = parent_of(pid)
+    assert is_lazarus(daemon), f"parent {daemon} of the restored process is not lazarus"
+    wait_until(lambda: proc_state(daemon) in (None, "Z", "X") or not is_lazarus(daemon),
+               ALL_PAGES_TIMEOUT, "the lazy daemon to finish pushing every page")
+    assert is_alive(pid), "the restored process died once all pages were in"
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: (tmp_path / "after.sha").exists(), 30, "bigmem to re-hash its memory")
+    assert (tmp_path / "after.sha").read_text() == before
+
+
+def test_lazy_layout_changes_right_after_restore(procs: Procs, tmp_path: Path) -> None:
+    w = procs.python("lazy_events", str(tmp_path))
+    wait_until(lambda: (tmp_path / "ready").exists(), 30, "the workload to map its regions")
+    images = tmp_path / "img"
+    dump(w, images)
+    # Hold back the background push, so DONTNEED, mremap and munmap meet pages
+    # that are still lazy; fault-around 4 keeps most of them lazy while it reads.
+    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "3",
+                           "--fault-around", "4")
+    procs.adopt(pid)
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: (tmp_path / "result").exists(), 30, "the workload's verdict")
+    assert (tmp_path / "result").read_text() == "ok\n"
+    assert is_alive(pid)
