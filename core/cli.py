@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from core.check import run_checks
 from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
+from core.remote import ServerAddress
 from core.restore.context import RestoreOptions
 
 T = TypeVar("T")
@@ -59,8 +60,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     from core.dump import DumpOptions, dump
 
-    opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir),
-                       leave_running=args.leave_running, compress=args.compress == "lz4")
+    if bool(args.images_dir) == bool(args.page_server):
+        raise LazarusError("dump needs either -D DIR or --page-server HOST:PORT --image NAME")
+    opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir or "."),
+                       leave_running=args.leave_running, compress=args.compress == "lz4",
+                       server=server_of(args), image_name=args.image)
     ctx, stats = run_async(dump(opts))
     for w in ctx.warnings:
         log.warning("%s", w)
@@ -173,13 +177,15 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
                 if source is not None:
                     await source.close()
         if args.stats:
-            fetched = sum(s.bytes_fetched for s in (ctx.source, ctx.push_source) if s)
+            sources = [s for s in (ctx.source, ctx.push_source) if s is not None]
+            fetched = sum(s.bytes_fetched for s in sources)
+            wire = sum(s.wire_bytes for s in sources)
             info = lazy_stats.as_dict()
             last = info["time_to_last_page"]
             print(f"lazy: time to resume {stats.total_seconds * 1000:.1f} ms, "
                   f"{info['faults']} faults ({info['pages_faulted']} pages), "
                   f"{info['pages_pushed']} pages pushed, {info['events']} events, "
-                  f"{fetched / 1e6:.1f} MB fetched, "
+                  f"{fetched / 1e6:.1f} MB of pages fetched, {wire / 1e6:.1f} MB over the wire, "
                   f"time to last page "
                   f"{'n/a' if last is None else f'{float(str(last)) * 1000:.1f} ms'}",
                   file=sys.stderr)
@@ -187,12 +193,18 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    opts = RestoreOptions(images_dir=Path(args.images_dir), detach=args.detach,
+    if args.page_server and not args.lazy:
+        raise LazarusError("--page-server restores lazily: add --lazy (or `lazarus pull` "
+                           "the image first for an eager restore)")
+    if not args.page_server and not args.images_dir:
+        raise LazarusError("restore needs -D DIR, or --lazy --page-server HOST:PORT --image NAME")
+    opts = RestoreOptions(images_dir=Path(args.images_dir or "."), detach=args.detach,
                           pidfile=Path(args.pidfile) if args.pidfile else None,
                           inherit_fds=parse_inherit(args.inherit_fd),
                           write_method=args.write_method, lazy=args.lazy,
                           fault_around=args.fault_around, lazy_timeout=args.lazy_timeout,
-                          push_delay=args.push_delay)
+                          push_delay=args.push_delay, server=server_of(args),
+                          image_name=args.image)
     detacher = Detacher()
     if args.lazy and args.detach:
         status = detacher.fork()
@@ -208,6 +220,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return wait_restored(pid)
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from pageserver.client import PageServerError, pull_image
+
+    server = server_of(args)
+    if server is None or not args.image:
+        raise LazarusError("pull needs --page-server HOST:PORT and --image NAME")
+
+    async def run() -> None:
+        client = await server.connect()
+        try:
+            await pull_image(client, args.image, Path(args.images_dir))
+        except PageServerError as exc:
+            raise LazarusError(str(exc)) from None
+        finally:
+            await client.close()
+
+    run_async(run())
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     desc = describe_image(Path(args.images_dir))
     if args.json:
@@ -215,6 +247,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print(format_description(desc))
     return 0
+
+
+def server_of(args: argparse.Namespace) -> ServerAddress | None:
+    if not args.page_server:
+        return None
+    return ServerAddress.from_options(args.page_server, args.token_file, args.tls_ca)
+
+
+def add_server_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--page-server", metavar="HOST:PORT", help=what)
+    p.add_argument("--image", metavar="NAME", help="the image's name on the page server")
+    p.add_argument("--token-file", metavar="FILE", help="token the page server asks for")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA to check the page server's TLS "
+                   "certificate with (turns TLS on)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dump", help="checkpoint a process into an image directory")
     d.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="process to dump")
-    d.add_argument("-D", "--images-dir", required=True, metavar="DIR",
+    d.add_argument("-D", "--images-dir", metavar="DIR",
                    help="image directory to create (must not exist or be empty)")
+    add_server_options(d, "send the image to this page server instead of a directory")
     d.add_argument("--leave-running", action="store_true",
                    help="let the process run on after the dump instead of killing it")
     d.add_argument("--compress", choices=("lz4", "none"), default="lz4",
@@ -238,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dump)
 
     r = sub.add_parser("restore", help="bring a dumped process back")
-    r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    r.add_argument("-D", "--images-dir", metavar="DIR", help="the image directory")
+    add_server_options(r, "take metadata and pages from this page server (with --lazy)")
     r.add_argument("-d", "--detach", action="store_true",
                    help="return once the process runs instead of waiting for it")
     r.add_argument("--pidfile", metavar="FILE", help="write the restored PID here")
@@ -261,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--push-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     r.set_defaults(func=cmd_restore)
+
+    pl = sub.add_parser("pull", help="download a whole image from a page server")
+    add_server_options(pl, "the page server to download from")
+    pl.add_argument("-D", "--images-dir", required=True, metavar="DIR",
+                    help="image directory to create (must not exist or be empty)")
+    pl.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("show", help="describe an image directory")
     s.add_argument("images_dir", metavar="DIR")

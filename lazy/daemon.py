@@ -244,12 +244,16 @@ class LazyDaemon:
     async def _push_all(self) -> None:
         if self.push_delay:
             await asyncio.sleep(self.push_delay)
-        async for vaddr, data in self.push_source.stream():
-            if self._closed or self._gone:
-                return
-            await self._push_block(vaddr, data)
-            self._check_complete()
-            await asyncio.sleep(0)   # faults first
+        try:
+            async for vaddr, data in self.push_source.stream():
+                if self._closed or self._gone:
+                    return
+                await self._push_block(vaddr, data)
+                self._check_complete()
+                await asyncio.sleep(0)   # faults first
+        except Exception as exc:  # the stream is an optimisation: page requests still work
+            log.warning("bulk page stream from %s broke (%s): going on page by page",
+                        self.push_source.name, exc)
         # Leftovers: pages skipped by EAGAIN, or moved by mremap while streaming.
         chunk = PUSH_CHUNK_MIN
         while self.regions.pending_pages and not (self._closed or self._gone):

@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 from core import __version__
 from core.dump.collect import collect
 from core.dump.context import DumpContext, DumpOptions
 from core.dump.freeze import freeze, thaw, undo_freeze
 from core.dump.memory import dump_memory
+from core.errors import LazarusError
 from core.images import FORMAT_VERSION, PAGE_SIZE, ImageWriter
 from core.kernel import ptrace as pt
 from core.kernel.tracer import Tracer
 from core.pipeline import PipelineStats, Stage, run_pipeline
+from pageserver.client import PageServerError
 
 __all__ = ["DumpOptions", "dump"]
 
@@ -64,6 +68,21 @@ async def finish(ctx: DumpContext) -> None:
     return None
 
 
+async def upload_image(ctx: DumpContext) -> int:
+    """Send the image to the page server while the process is still frozen:
+    only once the server holds it may the process be killed."""
+    server, name = ctx.opts.server, ctx.opts.image_name
+    assert server is not None and name is not None
+    client = await server.connect()
+    try:
+        await client.put_image(name, ctx.opts.images_dir)
+    except PageServerError as exc:
+        raise LazarusError(f"cannot store the image on the page server: {exc}") from None
+    finally:
+        await client.close()
+    return sum(f.stat().st_size for f in ctx.opts.images_dir.iterdir())
+
+
 DUMP_STAGES: list[Stage[DumpContext]] = [
     Stage("image-open", open_image, abort_image),
     Stage("freeze", freeze, undo_freeze),
@@ -73,12 +92,20 @@ DUMP_STAGES: list[Stage[DumpContext]] = [
     Stage("finish", finish),
 ]
 
+REMOTE_DUMP_STAGES = [*DUMP_STAGES[:-1], Stage("upload", upload_image), DUMP_STAGES[-1]]
+
 
 async def dump(opts: DumpOptions) -> tuple[DumpContext, PipelineStats]:
     tracer = Tracer()
     ctx = DumpContext(opts=opts, tracer=tracer)
     try:
-        stats = await run_pipeline(DUMP_STAGES, ctx)
+        if opts.server is None:
+            return ctx, await run_pipeline(DUMP_STAGES, ctx)
+        if not opts.image_name:
+            raise LazarusError("--page-server needs --image NAME to store the image under")
+        # The image is written locally first, sent whole, then removed here.
+        with tempfile.TemporaryDirectory(prefix="lazarus-dump-") as tmp:
+            opts.images_dir = Path(tmp) / opts.image_name
+            return ctx, await run_pipeline(REMOTE_DUMP_STAGES, ctx)
     finally:
         tracer.close()
-    return ctx, stats

@@ -8,6 +8,7 @@ from pathlib import Path
 from core.images import ImageWriter, pb
 from core.kernel import ptrace as pt
 from core.kernel.tracer import Tracer
+from core.remote import ServerAddress
 
 
 @dataclass
@@ -16,6 +17,8 @@ class DumpOptions:
     images_dir: Path
     leave_running: bool = False
     compress: bool = True
+    server: ServerAddress | None = None   # send the image there instead of keeping it
+    image_name: str | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ from core.images import ImageReader, pb
 from core.kernel.inject import Injector
 from core.kernel.memory import ProcMem
 from core.kernel.tracer import Tracer
+from core.remote import ServerAddress
 from lazy.daemon import LazyDaemon
 from lazy.source import PageSource
 
@@ -26,10 +27,8 @@ class RestoreOptions:
     fault_around: int = 64            # pages served per fault
     lazy_timeout: float = 30.0        # how long a lost page server may stay lost
     push_delay: float = 0.0           # seconds before the background push starts
-    page_server: str | None = None    # HOST:PORT; metadata and pages come from there
+    server: ServerAddress | None = None   # metadata and pages come from this page server
     image_name: str | None = None
-    token_file: Path | None = None
-    tls_ca: Path | None = None
 
 
 @dataclass

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
 
 from core import procfs
 from core.errors import LazarusError
@@ -12,7 +16,8 @@ from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.process import clone_traced_helper
 from core.restore.context import RestoreContext
-from lazy.source import LocalPageSource
+from lazy.source import LocalPageSource, RemotePageSource
+from pageserver.client import PageClient, PageServerError
 
 PID_WAIT = 3.0      # a killed target may be reaped late by its parent or PID 1
 VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
@@ -35,8 +40,8 @@ def check_files(proc: pb.ProcessImage) -> None:
         raise LazarusError(f"executable {proc.mm.exe} is gone")
 
 
-def read_image_sync(ctx: RestoreContext) -> None:
-    reader = ImageReader(ctx.opts.images_dir)
+def read_image_sync(ctx: RestoreContext, images_dir: Path) -> None:
+    reader = ImageReader(images_dir)
     ctx.inventory = reader.inventory()
     reader.check_kernel()
     here = sum(m.end - m.start for m in procfs.read_maps(os.getpid()) if m.path in VDSO_NAMES)
@@ -51,8 +56,52 @@ def read_image_sync(ctx: RestoreContext) -> None:
     check_files(ctx.proc)
 
 
+async def fetch_metadata(client: PageClient, image: str, into: Path) -> None:
+    """The image's metadata files from the server, into a local directory."""
+    inventory = await client.get_file(image, "inventory.img")
+    (into / "inventory.img").write_bytes(inventory)
+    inv = pb.Inventory()
+    try:
+        inv.ParseFromString(inventory)
+    except DecodeError:
+        raise LazarusError(f"image {image} on the page server has a garbage inventory") \
+            from None
+    for pid in inv.pids:
+        name = f"process-{pid}.img"
+        (into / name).write_bytes(await client.get_file(image, name))
+
+
+async def read_remote_image(ctx: RestoreContext) -> None:
+    server, image = ctx.opts.server, ctx.opts.image_name
+    assert server is not None
+    if not image:
+        raise LazarusError("--page-server needs --image NAME")
+    client = await server.connect()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lazarus-meta-") as tmp:
+            await fetch_metadata(client, image, Path(tmp))
+            read_image_sync(ctx, Path(tmp))
+    except PageServerError as exc:
+        await client.close()
+        raise LazarusError(str(exc)) from None
+    except BaseException:
+        await client.close()
+        raise
+    pid = ctx.proc.pid
+    ctx.source = RemotePageSource(server.host, server.port, image, pid, token=server.token,
+                                  tls_ca=server.tls_ca, lazy_timeout=ctx.opts.lazy_timeout,
+                                  client=client)
+    # A second connection for the bulk push, so faults never wait behind it.
+    ctx.push_source = RemotePageSource(server.host, server.port, image, pid,
+                                       token=server.token, tls_ca=server.tls_ca,
+                                       lazy_timeout=ctx.opts.lazy_timeout)
+
+
 async def read_image(ctx: RestoreContext) -> None:
-    read_image_sync(ctx)
+    if ctx.opts.server is not None:
+        await read_remote_image(ctx)
+        return None
+    read_image_sync(ctx, ctx.opts.images_dir)
     if ctx.opts.lazy:
         assert ctx.reader is not None
         ctx.source = LocalPageSource(ctx.reader, ctx.proc)
