@@ -19,6 +19,7 @@ from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
 from core.remote import ServerAddress
 from core.restore.context import RestoreOptions
+from lazy.daemon import LazyError
 
 T = TypeVar("T")
 log = logging.getLogger("lazarus")
@@ -212,7 +213,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             return status
     try:
         pid = run_async(restore_and_serve(opts, args, detacher))
-    except (LazarusError, ImageError) as exc:
+    except (LazarusError, ImageError, LazyError) as exc:
         detacher.report(f"lazarus: error: {exc}\n")
         raise
     if args.detach:
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="lazarus: %(levelname)s: %(message)s")
     try:
         return int(args.func(args))
-    except (LazarusError, ImageError) as exc:
+    except (LazarusError, ImageError, LazyError) as exc:
         print(f"lazarus: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from core.kernel import uffd
 from lazy.regions import PAGE, Region, RegionMap
-from lazy.source import PageSource
+from lazy.source import LazySourceLost, PageSource
 
 log = logging.getLogger("lazarus.lazy")
 
@@ -128,8 +128,9 @@ class LazyDaemon:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            msg = f"lazy pages from {self.fault_source.name} failed ({exc}): " \
-                  f"killed restored process {self.pid}"
+            what = str(exc) if isinstance(exc, LazySourceLost) else \
+                f"lazy pages from {self.fault_source.name} failed ({exc})"
+            msg = f"{what}: killed restored process {self.pid}"
             self._done.set_exception(LazyError(msg))
         else:
             self._done.set_result(None)

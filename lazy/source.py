@@ -13,6 +13,8 @@ from pageserver.client import PageClient, PageServerError, RemoteError
 
 log = logging.getLogger("lazarus.lazy")
 
+FIRST_RETRY_DELAY = 0.05
+
 
 class PageSource(Protocol):
     name: str
@@ -102,7 +104,7 @@ class RemotePageSource:
 
     async def get_pages(self, vaddr: int, nr_pages: int) -> bytes:
         deadline: float | None = None
-        delay = 0.05
+        delay = FIRST_RETRY_DELAY
         while True:
             client: PageClient | None = None
             try:
@@ -121,7 +123,9 @@ class RemotePageSource:
                 if now >= deadline:
                     raise LazySourceLost(
                         f"lost {self.name} for {self.lazy_timeout:g} s ({exc})") from None
-                log.warning("%s: %s; retrying", self.name, exc)
+                if delay == FIRST_RETRY_DELAY:
+                    log.warning("%s: %s; retrying for up to %g s", self.name, exc,
+                                self.lazy_timeout)
                 await asyncio.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 1.0)
 
