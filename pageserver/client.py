@@ -49,7 +49,8 @@ from .protocol import (
 
 CLIENT_NAME = "lazarus-pageclient/0.1"
 
-_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
+_HOSTPORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]\s/]+)):(?P<port>\d{1,5})$")
 _SAFE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@=-]{0,199}")
 
 # Stream frames queued before the connection stops reading (backpressure).
@@ -341,6 +342,10 @@ class PageClient:
             self._abort()
             if self._error is not None:
                 raise self._error from None
+            if ctx is not None and self.transport is None:
+                raise PageServerError(
+                    f"page server {self.where}: TLS handshake failed (connection closed:"
+                    " is it a TLS server?)") from None
             raise PageServerError(
                 f"cannot connect to page server {self.where}: {e.strerror or e}") from None
         except PageServerError:

@@ -32,6 +32,7 @@ from .protocol import (
     DATA_CHUNK,
     FEATURE_LZ4,
     PROTOCOL_VERSION,
+    BadMagic,
     Buffer,
     DataReceived,
     Event,
@@ -110,6 +111,10 @@ class _Session(asyncio.BufferedProtocol):
                     return
         except VersionMismatch as e:
             self._refuse(wire.Error.UNSUPPORTED, str(e))
+        except BadMagic as e:
+            hint = " (a TLS client? this server runs without --tls-cert)" \
+                if e.magic[:2] == b"\x16\x03" else ""
+            self.drop(f"protocol error: {e}{hint}")
         except ProtocolError as e:
             self.drop(f"protocol error: {e}")
 
@@ -433,9 +438,9 @@ class PageServer:
                         lambda: _Session(self), host, port, ssl=self.ssl_context,
                         reuse_address=True, backlog=128)
                 except OSError as e:
-                    why = e.strerror or str(e)
+                    why = os.strerror(e.errno).lower() if e.errno else str(e)
                     raise ServerError(
-                        f"cannot listen on {format_addr(host, port)}: {why.lower()}") from e
+                        f"cannot listen on {format_addr(host, port)}: {why}") from e
                 self._servers.append(srv)
                 for sock in srv.sockets:
                     name = sock.getsockname()
