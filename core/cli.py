@@ -131,6 +131,11 @@ class Detacher:
             print("lazarus: error: the restore daemon ended without a word", file=sys.stderr)
         return 1
 
+    @property
+    def waiting(self) -> bool:
+        """In the child, before it has reported to the parent."""
+        return self._write_fd is not None
+
     def report(self, word: str, log_file: str | None = None) -> None:
         """Tell the waiting parent; then stop holding the caller's stdout and
         stderr (a caller reading them would otherwise wait for the last page)."""
@@ -214,7 +219,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         pid = run_async(restore_and_serve(opts, args, detacher))
     except (LazarusError, ImageError, LazyError) as exc:
-        detacher.report(f"lazarus: error: {exc}\n")
+        if detacher.waiting:
+            # The parent is still attached to the caller: it says it, once.
+            detacher.report(f"lazarus: error: {exc}\n")
+            return 1
         raise
     if args.detach:
         return 0
