@@ -76,7 +76,7 @@ def test_three_clients_read_two_real_images_and_pull_one(
     server = ServerProc(root, tmp_path / "pageserver.log")
     pulled = tmp_path / "pulled"
 
-    async def main() -> list[int]:
+    async def main() -> tuple[int, int, None]:
         clients = [await server.connect(lz4=k != 1) for k in range(3)]
         try:
             return await asyncio.gather(
