@@ -19,7 +19,7 @@ from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
 from core.remote import ServerAddress
 from core.restore.context import RestoreOptions
-from lazy.daemon import LazyError
+from lazy.daemon import LazyError, LazyStats
 
 T = TypeVar("T")
 log = logging.getLogger("lazarus")
@@ -157,6 +157,22 @@ class Detacher:
         os.close(devnull)
 
 
+def format_lazy_stats(resume_seconds: float, lazy: LazyStats, fetched: int, wire: int) -> str:
+    def ms(v: float | None) -> str:
+        return "n/a" if v is None else f"{v * 1000:.2f} ms"
+
+    return "\n".join([
+        f"  time to resume    {ms(resume_seconds)}",
+        f"  faults            {lazy.faults} ({lazy.pages_faulted} pages, "
+        f"{lazy.zero_pages} zero pages), latency p50 {ms(lazy.latency(0.5))}, "
+        f"p99 {ms(lazy.latency(0.99))}",
+        f"  pages pushed      {lazy.pages_pushed}",
+        f"  layout events     {lazy.events}",
+        f"  pages fetched     {fetched / 1e6:.1f} MB, {wire / 1e6:.1f} MB over the wire",
+        f"  time to last page {ms(lazy.time_to_last_page)}",
+    ])
+
+
 async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
                             detacher: Detacher) -> int:
     """Restore; in lazy mode keep serving pages until all are in. Returns the PID."""
@@ -184,17 +200,9 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
                     await source.close()
         if args.stats:
             sources = [s for s in (ctx.source, ctx.push_source) if s is not None]
-            fetched = sum(s.bytes_fetched for s in sources)
-            wire = sum(s.wire_bytes for s in sources)
-            info = lazy_stats.as_dict()
-            last = info["time_to_last_page"]
-            print(f"lazy: time to resume {stats.total_seconds * 1000:.1f} ms, "
-                  f"{info['faults']} faults ({info['pages_faulted']} pages), "
-                  f"{info['pages_pushed']} pages pushed, {info['events']} events, "
-                  f"{fetched / 1e6:.1f} MB of pages fetched, {wire / 1e6:.1f} MB over the wire, "
-                  f"time to last page "
-                  f"{'n/a' if last is None else f'{float(str(last)) * 1000:.1f} ms'}",
-                  file=sys.stderr)
+            print(format_lazy_stats(stats.total_seconds, lazy_stats,
+                                    sum(s.bytes_fetched for s in sources),
+                                    sum(s.wire_bytes for s in sources)), file=sys.stderr)
     return ctx.pid
 
 

@@ -47,12 +47,27 @@ class LazyStats:
     zero_pages: int = 0
     events: int = 0
 
+    fault_latencies: list[float] = field(default_factory=list)
+
+    def latency(self, q: float) -> float | None:
+        """Quantile q of fault service time (seconds), None without faults."""
+        if not self.fault_latencies:
+            return None
+        ordered = sorted(self.fault_latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def time_to_last_page(self) -> float | None:
+        if self.finished_at is None or self.resumed_at is None:
+            return None
+        return self.finished_at - self.resumed_at
+
     def as_dict(self) -> dict[str, object]:
-        last = (self.finished_at - self.resumed_at
-                if self.finished_at is not None and self.resumed_at is not None else None)
+        last = self.time_to_last_page
         return {"faults": self.faults, "pages_faulted": self.pages_faulted,
                 "pages_pushed": self.pages_pushed, "zero_pages": self.zero_pages,
-                "events": self.events, "time_to_last_page": last}
+                "events": self.events, "time_to_last_page": last,
+                "fault_latency_p50": self.latency(0.5), "fault_latency_p99": self.latency(0.99)}
 
 
 def _addr(data: bytes) -> int:
@@ -71,7 +86,6 @@ class LazyDaemon:
         self.fault_around = max(1, fault_around)
         self.push_delay = push_delay
         self.stats = LazyStats()
-        self.fault_latencies: list[float] = []
         self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -240,7 +254,7 @@ class LazyDaemon:
         self._check_complete()
 
     def _record_fault(self, t0: float) -> None:
-        self.fault_latencies.append(time.perf_counter() - t0)
+        self.stats.fault_latencies.append(time.perf_counter() - t0)
 
     async def _push_all(self) -> None:
         if self.push_delay:
