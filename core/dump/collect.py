@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import stat as st
+import struct
 
 from core import procfs
 from core.dump.context import DumpContext
@@ -23,6 +24,7 @@ TTY_MAJORS = {4, 5} | set(range(136, 144))
 DEV_NULL_RDEV = os.makedev(1, 3)
 RLIMITS = range(16)
 ALL_SIGNALS = MASK64
+ITIMERS = (0, 1, 2)   # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 
 
 def classify_vma(m: procfs.MapEntry) -> pb.Vma:
@@ -106,6 +108,13 @@ def collect_by_injection(ctx: DumpContext, maps: list[procfs.MapEntry]) -> None:
                         signo=sig, handler=act.handler, flags=act.flags,
                         restorer=act.restorer, mask=act.mask))
             ctx.proc.mm.brk = inj.syscall(K.SYS_BRK, 0)
+            for which in ITIMERS:
+                inj.syscall(K.SYS_GETITIMER, which, scratch)
+                i_sec, i_usec, v_sec, v_usec = struct.unpack("<4q", mem.read(scratch, 32))
+                if v_sec or v_usec:
+                    ctx.proc.itimers.append(pb.ITimer(
+                        which=which, interval_us=i_sec * 1_000_000 + i_usec,
+                        value_us=v_sec * 1_000_000 + v_usec))
             inj.syscall(K.SYS_PRCTL, PR_GET_TID_ADDRESS, scratch)
             ctx.proc.threads[0].clear_tid_address = int.from_bytes(mem.read(scratch, 8), "little")
         finally:
@@ -137,6 +146,7 @@ def collect_sync(ctx: DumpContext) -> None:
     stat = procfs.read_stat(pid)
     status = procfs.read_status(pid)
     proc.pid, proc.ppid = pid, stat.ppid
+    proc.pgid, proc.sid = stat.pgrp, stat.session
     proc.comm = procfs.proc(pid, "comm").read_text().rstrip("\n")
     proc.cwd = os.readlink(procfs.proc(pid, "cwd"))
     proc.umask = int(status.get("Umask", "022"), 8)
@@ -164,6 +174,8 @@ def collect_sync(ctx: DumpContext) -> None:
     thread.tid = pid
     thread.xstate = pt.get_xstate(pid)
     thread.sigmask = ctx.sigmask
+    thread.pending_signals.extend(pt.peek_siginfo(pid, shared=False))
+    proc.shared_pending_signals.extend(pt.peek_siginfo(pid, shared=True))
     rseq = pt.get_rseq(pid)
     if rseq.ptr:
         thread.rseq.CopyFrom(pb.Rseq(ptr=rseq.ptr, size=rseq.size, signature=rseq.signature))

@@ -202,23 +202,25 @@ class FileDesc(_message.Message):
     def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ThreadState(_message.Message):
-    __slots__ = ("tid", "regs", "xstate", "sigmask", "rseq", "clear_tid_address")
+    __slots__ = ("tid", "regs", "xstate", "sigmask", "rseq", "clear_tid_address", "pending_signals")
     TID_FIELD_NUMBER: _ClassVar[int]
     REGS_FIELD_NUMBER: _ClassVar[int]
     XSTATE_FIELD_NUMBER: _ClassVar[int]
     SIGMASK_FIELD_NUMBER: _ClassVar[int]
     RSEQ_FIELD_NUMBER: _ClassVar[int]
     CLEAR_TID_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     tid: int
     regs: bytes
     xstate: bytes
     sigmask: int
     rseq: Rseq
     clear_tid_address: int
-    def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ...) -> None: ...
+    pending_signals: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ..., pending_signals: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ProcessImage(_message.Message):
-    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes")
+    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +236,10 @@ class ProcessImage(_message.Message):
     PAGES_FILE_FIELD_NUMBER: _ClassVar[int]
     PAGES_FIELD_NUMBER: _ClassVar[int]
     PAGES_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PGID_FIELD_NUMBER: _ClassVar[int]
+    SID_FIELD_NUMBER: _ClassVar[int]
+    ITIMERS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PENDING_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     comm: str
@@ -249,4 +255,18 @@ class ProcessImage(_message.Message):
     pages_file: str
     pages: _containers.RepeatedCompositeFieldContainer[PageBlock]
     pages_bytes: int
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ...) -> None: ...
+    pgid: int
+    sid: int
+    itimers: _containers.RepeatedCompositeFieldContainer[ITimer]
+    shared_pending_signals: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ITimer(_message.Message):
+    __slots__ = ("which", "interval_us", "value_us")
+    WHICH_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_US_FIELD_NUMBER: _ClassVar[int]
+    VALUE_US_FIELD_NUMBER: _ClassVar[int]
+    which: int
+    interval_us: int
+    value_us: int
+    def __init__(self, which: _Optional[int] = ..., interval_us: _Optional[int] = ..., value_us: _Optional[int] = ...) -> None: ...

@@ -20,7 +20,7 @@ from ptrace.binding import func as _pt
 from ptrace.binding.linux_struct import user_regs_struct
 
 from core.kernel import constants as K
-from core.kernel.structs import IoVec, RseqConfiguration
+from core.kernel.structs import IoVec, PeekSiginfoArgs, RseqConfiguration
 
 
 class Regs(Protocol):
@@ -127,6 +127,22 @@ def get_rseq(pid: int) -> RseqConfig:
     conf = RseqConfiguration()
     _req(K.PTRACE_GET_RSEQ_CONFIGURATION, pid, sizeof(conf), addressof(conf))
     return RseqConfig(int(conf.rseq_abi_pointer), int(conf.rseq_abi_size), int(conf.signature))
+
+
+SIGINFO_SIZE = 128
+
+
+def peek_siginfo(pid: int, shared: bool) -> list[bytes]:
+    """Queued signals (raw siginfo), of the process (shared) or of the thread."""
+    out: list[bytes] = []
+    batch = 32
+    buf = ctypes.create_string_buffer(SIGINFO_SIZE * batch)
+    while True:
+        args = PeekSiginfoArgs(len(out), K.PTRACE_PEEKSIGINFO_SHARED if shared else 0, batch)
+        got = _req(K.PTRACE_PEEKSIGINFO, pid, addressof(args), addressof(buf))
+        out += [buf.raw[i * SIGINFO_SIZE : (i + 1) * SIGINFO_SIZE] for i in range(got)]
+        if got < batch:
+            return out
 
 
 def get_event_msg(pid: int) -> int:

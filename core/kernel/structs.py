@@ -72,6 +72,12 @@ class RseqConfiguration(ctypes.Structure):
     ]
 
 
+class PeekSiginfoArgs(ctypes.Structure):
+    """struct ptrace_peeksiginfo_args (16 bytes)."""
+
+    _fields_ = [("off", c_uint64), ("flags", c_uint32), ("nr", c_int32)]
+
+
 assert ctypes.sizeof(CloneArgs) == 88
 assert ctypes.sizeof(PrctlMmMap) == 104
 assert ctypes.sizeof(KernelSigaction) == 32

@@ -14,6 +14,7 @@ from core.errors import LazarusError
 from core.images import ImageReader, pb
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
+from core.kernel.libc import MASK64
 from core.kernel.process import clone_traced_helper
 from core.restore.context import RestoreContext
 from lazy.source import LocalPageSource, RemotePageSource
@@ -142,6 +143,8 @@ def create_process_sync(ctx: RestoreContext) -> None:
         raise LazarusError(f"restore helper {res.describe()} before it could be set up")
     # If lazarus dies half-way, the kernel kills the half-made process.
     pt.set_options(ctx.pid, K.PTRACE_O_EXITKILL)
+    # No signal may interrupt the injected syscalls; resume loads the real mask.
+    pt.set_sigmask(ctx.pid, MASK64)
 
 
 async def create_process(ctx: RestoreContext) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import resource
+import struct
 
 from core.errors import LazarusError
 from core.images import pb
@@ -52,6 +53,12 @@ def restore_task_basics(ctx: RestoreContext) -> None:
         raise LazarusError(f"cannot enter working directory {proc.cwd}: {exc.strerror}") \
             from None
     inj.syscall(K.SYS_UMASK, proc.umask)
+    # A session or group the process led is made anew; one it merely belonged
+    # to is another process's and stays the restorer's.
+    if proc.sid == proc.pid:
+        inj.syscall(K.SYS_SETSID)
+    elif proc.pgid == proc.pid:
+        inj.syscall(K.SYS_SETPGID, 0, 0)
     for act in proc.sigactions:
         raw = KernelSigaction(act.handler, act.flags, act.restorer, act.mask)
         ctx.mem.write(ctx.scratch, bytes(raw))
@@ -142,6 +149,33 @@ def restore_creds(ctx: RestoreContext) -> None:
     inj.syscall(K.SYS_SETRESUID, c.uid, c.euid, c.suid)
 
 
+def restore_pending_signals(ctx: RestoreContext) -> None:
+    """Queue again what was pending; the process sends them to itself, which
+    lets every si_code through (they stay blocked until resume)."""
+    assert ctx.inj is not None and ctx.mem is not None
+    pid = ctx.pid
+    queued = [(True, info) for info in ctx.proc.shared_pending_signals] + \
+        [(False, info) for info in ctx.proc.threads[0].pending_signals]
+    for shared, info in queued:
+        signo = int.from_bytes(info[:4], "little")
+        ctx.mem.write(ctx.scratch, info)
+        if shared:
+            ctx.inj.syscall(K.SYS_RT_SIGQUEUEINFO, pid, signo, ctx.scratch)
+        else:
+            ctx.inj.syscall(K.SYS_RT_TGSIGQUEUEINFO, pid, pid, signo, ctx.scratch)
+
+
+def restore_itimers(ctx: RestoreContext) -> None:
+    """Last before resume: a timer firing now only leaves its signal pending
+    (every signal is blocked until the real mask is loaded)."""
+    assert ctx.inj is not None and ctx.mem is not None
+    for t in ctx.proc.itimers:
+        value = struct.pack("<4q", *divmod(t.interval_us, 1_000_000),
+                            *divmod(t.value_us, 1_000_000))
+        ctx.mem.write(ctx.scratch, value)
+        ctx.inj.syscall(K.SYS_SETITIMER, t.which, ctx.scratch, 0)
+
+
 def restore_state_sync(ctx: RestoreContext) -> None:
     restore_mm(ctx)
     restore_task_basics(ctx)
@@ -149,6 +183,8 @@ def restore_state_sync(ctx: RestoreContext) -> None:
     restore_fds(ctx)
     restore_rseq(ctx)
     restore_creds(ctx)
+    restore_pending_signals(ctx)
+    restore_itimers(ctx)
 
 
 async def restore_state(ctx: RestoreContext) -> None:
