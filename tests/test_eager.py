@@ -259,8 +259,6 @@ def test_process_attributes_survive(procs: Procs, tmp_path: Path) -> None:
     assert_exact(read_counter(out))
 
 
-@pytest.mark.xfail(strict=True, reason="LAZARUS BUG: session and process group are not "
-                   "restored: the restored process joins lazarus's own")
 def test_session_and_process_group_survive(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "counter.txt"
     images = tmp_path / "img"
@@ -303,8 +301,6 @@ def test_outside_pipe_reattached_to_dev_null(procs: Procs, tmp_path: Path) -> No
 # ------------------------------------------------------------------ signals
 
 
-@pytest.mark.xfail(strict=True, reason="LAZARUS BUG: a blocked pending signal is lost "
-                   "(pending signals are not dumped)")
 def test_pending_signal_survives(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "signals.txt"
     images = tmp_path / "img"
@@ -322,8 +318,6 @@ def test_pending_signal_survives(procs: Procs, tmp_path: Path) -> None:
     assert out.read_text() == "ready\nusr1\nunblocked\n"
 
 
-@pytest.mark.xfail(strict=True, reason="LAZARUS BUG: interval timers (setitimer/alarm) are "
-                   "lost: the restored process never gets its SIGALRM")
 def test_interval_timer_survives(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "signals.txt"
     images = tmp_path / "img"
