@@ -67,6 +67,30 @@ def _corrupted(message: str) -> CatalogError:
     return CatalogError(wire.Error.CORRUPTED, message)
 
 
+class Scratch:
+    """A reusable read buffer handed out in consecutive slices.
+
+    Reading into memory already touched is much cheaper than into fresh
+    pages (each first touch is a page fault); the caller must not reset it
+    while the slices it handed out are still queued for sending.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview | None:
+        if self.pos + n > len(self.buf):
+            return None
+        mv = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return mv
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
 @dataclass(slots=True)
 class Piece:
     """One PAGES frame of a reply: stored bytes, raw bytes, or a hole."""
@@ -118,17 +142,29 @@ class ProcessPages:
 
     # -- reading
 
-    def _read(self, b: pb.PageBlock) -> bytes:
+    def _pread(self, fd: int, n: int, offset: int,
+               scratch: Scratch | None = None) -> bytes | memoryview:
+        """``n`` bytes of the pages file: into ``scratch`` when it has room, else fresh."""
+        mv = scratch.take(n) if scratch is not None else None
         try:
-            raw = os.pread(self.fd, b.length, b.offset)
+            if mv is None:
+                data: bytes | memoryview = os.pread(fd, n, offset)
+                got = len(data)
+            else:
+                got = os.preadv(fd, [mv], offset)
+                data = mv
         except OSError as e:
             raise _corrupted(f"image {self.image}: pages of {self.pid}: {e.strerror}") from e
-        if len(raw) != b.length:
+        if got != n:
             raise _corrupted(f"image {self.image}: pages file of {self.pid} is truncated")
-        return raw
+        return data
 
-    def _decode(self, b: pb.PageBlock, raw: bytes | memoryview) -> bytes | memoryview:
-        """Uncompressed bytes of a block from its stored bytes; checks the crc."""
+    def _read(self, b: pb.PageBlock, scratch: Scratch | None = None) -> bytes | memoryview:
+        return self._pread(self.fd, b.length, b.offset, scratch)
+
+    def _decode(self, b: pb.PageBlock, raw: bytes | memoryview,
+                check: bool = True) -> bytes | memoryview:
+        """Uncompressed bytes of a block from its stored bytes; checks the crc if asked."""
         n = b.nr_pages * PAGE_SIZE
         where = f"image {self.image}: block at {b.vaddr:#x} of process {self.pid}"
         if b.lz4:
@@ -140,7 +176,7 @@ class ProcessPages:
                 raise _corrupted(f"{where} has a bad size (image corrupted)")
         else:
             data = raw
-        if zlib.crc32(data) != b.crc32:
+        if check and zlib.crc32(data) != b.crc32:
             raise _corrupted(f"{where} fails its checksum (image corrupted)")
         return data
 
@@ -159,7 +195,7 @@ class ProcessPages:
             self._cache.move_to_end(i)
             return cached
         b = self.by_vaddr[i]
-        data = self._decode(b, self._read(b))
+        data = self._decode(b, self._read(b), check=not self.verified[i])
         self.verified[i] = 1
         out = bytes(data)
         self._cache[i] = out
@@ -169,8 +205,13 @@ class ProcessPages:
             self._cache_bytes -= len(old)
         return out
 
-    def get_range(self, vaddr: int, nr_pages: int, lz4_ok: bool) -> list[Piece]:
-        """The frames that answer GetPages: in order, holes included, nothing outside."""
+    def get_range(self, vaddr: int, nr_pages: int, lz4_ok: bool,
+                  scratch: Scratch | None = None) -> list[Piece]:
+        """The frames that answer GetPages: in order, holes included, nothing outside.
+
+        Stored bytes are read into ``scratch`` when given: the pieces point
+        into it, so it must not be reused before they are sent.
+        """
         self.check_range(vaddr, nr_pages)
         end = vaddr + nr_pages * PAGE_SIZE
         blocks = self.by_vaddr
@@ -188,15 +229,19 @@ class ProcessPages:
                 pieces.append(Piece(cur, (lo - cur) // PAGE_SIZE, None))
             if lo == b.vaddr and hi == bend and i not in self._cache:
                 # A whole block: send it as stored when the client takes that.
-                raw = self._read(b)
+                raw = self._read(b, scratch)
                 decoded = self._verify(i, raw)
                 if b.lz4 and lz4_ok and b.length < b.nr_pages * PAGE_SIZE:
                     pieces.append(Piece(b.vaddr, b.nr_pages, raw, True, b.crc32))
                 elif b.lz4:
-                    data = decoded if decoded is not None else self._decode(b, raw)
+                    data = decoded if decoded is not None else self._decode(b, raw, check=False)
                     pieces.append(Piece(b.vaddr, b.nr_pages, data, False, b.crc32))
                 else:
                     pieces.append(Piece(b.vaddr, b.nr_pages, raw, False, b.crc32))
+            elif not b.lz4 and self.verified[i] and i not in self._cache:
+                # Part of a raw block already checked: read just that part.
+                part = self._pread(self.fd, hi - lo, b.offset + lo - b.vaddr, scratch)
+                pieces.append(Piece(lo, (hi - lo) // PAGE_SIZE, part))
             else:
                 data = memoryview(self.block_data(i))
                 pieces.append(Piece(lo, (hi - lo) // PAGE_SIZE,
@@ -223,19 +268,17 @@ class ProcessPages:
         if group:
             yield group
 
-    def stream_pieces(self, fd: int, group: list[int], lz4_ok: bool) -> list[Piece]:
-        """Read one group of blocks (one pread) and return its frames. Runs in a thread."""
+    def stream_pieces(self, fd: int, group: list[int], lz4_ok: bool,
+                      scratch: Scratch | None = None) -> list[Piece]:
+        """Read one group of blocks (one read, into ``scratch`` if it has room) and
+        return its frames. Runs in a thread."""
         blocks = self.by_vaddr
         first = blocks[group[0]]
         last = blocks[group[-1]]
         total = last.offset + last.length - first.offset
-        try:
-            chunk = os.pread(fd, total, first.offset)
-        except OSError as e:
-            raise _corrupted(f"image {self.image}: pages of {self.pid}: {e.strerror}") from e
-        if len(chunk) != total:
-            raise _corrupted(f"image {self.image}: pages file of {self.pid} is truncated")
-        view = memoryview(chunk)
+        if scratch is not None:
+            scratch.reset()
+        view = memoryview(self._pread(fd, total, first.offset, scratch))
         pieces: list[Piece] = []
         for i in group:
             b = blocks[i]
@@ -246,7 +289,8 @@ class ProcessPages:
                     not b.lz4 or (lz4_ok and b.length < n)):
                 pieces.append(Piece(b.vaddr, b.nr_pages, raw, b.lz4, b.crc32))
                 continue
-            data = memoryview(decoded if decoded is not None else self._decode(b, raw))
+            data = memoryview(decoded if decoded is not None
+                              else self._decode(b, raw, check=False))
             for p in range(0, b.nr_pages, MAX_FRAME_PAGES):
                 k = min(MAX_FRAME_PAGES, b.nr_pages - p)
                 pieces.append(Piece(b.vaddr + p * PAGE_SIZE, k,

@@ -44,7 +44,6 @@ from .protocol import (
     ResponseReceived,
     ServerHelloReceived,
     VersionMismatch,
-    decode_pages,
 )
 
 CLIENT_NAME = "lazarus-pageclient/0.1"
@@ -163,7 +162,8 @@ class _StreamReply(_Pending):
         super().__init__(loop)
         self.loop = loop
         self.client = client
-        self.queue: deque[tuple[int, int, bytes, bool, int | None]] = deque()
+        self.verify = client.verify
+        self.queue: deque[tuple[int, bytes]] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.frames = 0
         self.pages_seen = 0
@@ -176,7 +176,9 @@ class _StreamReply(_Pending):
     def pages(self, ev: PagesReceived) -> bool:
         if ev.zero:
             raise ProtocolError("hole in a page stream")
-        self.queue.append((ev.vaddr, ev.nr_pages, bytes(ev.data), ev.lz4, ev.crc32))
+        # Decoded here, straight from the receive buffer: one copy (or one
+        # decompression) per block, into the bytes object handed out.
+        self.queue.append((ev.vaddr, ev.decode(self.verify)))
         self.frames += 1
         self.pages_seen += ev.nr_pages
         if len(self.queue) >= _STREAM_HIGH:
@@ -596,16 +598,10 @@ class PageClient:
         try:
             while True:
                 if pending.queue:
-                    vaddr, nr_pages, payload, lz4, crc = pending.queue.popleft()
+                    item = pending.queue.popleft()
                     if len(pending.queue) <= _STREAM_LOW:
                         self._resume(pending)
-                    try:
-                        data = decode_pages(payload, nr_pages, lz4=lz4, zero=False,
-                                            crc32=crc if self.verify else None, where=vaddr)
-                    except CorruptPages as e:
-                        raise PageServerError(
-                            f"page server {self.where}: corrupted pages: {e}") from None
-                    yield vaddr, data
+                    yield item
                     continue
                 if pending.finished:
                     if pending.future.done():

@@ -108,6 +108,10 @@ class Flag(enum.IntFlag):
     END = 8     # last frame of a reply
 
 
+# The same bits as plain ints: IntFlag arithmetic is slow on the per-frame path.
+F_LZ4, F_ZERO, F_CRC, F_END = int(Flag.LZ4), int(Flag.ZERO), int(Flag.CRC), int(Flag.END)
+_TYPES = {int(t): t for t in FrameType}
+
 _CONTROL_TYPES = frozenset(
     {FrameType.HELLO, FrameType.SERVER_HELLO, FrameType.REQUEST, FrameType.RESPONSE})
 _ALLOWED_FLAGS = {
@@ -190,8 +194,7 @@ def encode_pages(request_id: int, vaddr: int, nr_pages: int, data: Buffer, *,
             raise ValueError(f"lz4 page data of {size} bytes for {nr_pages} pages")
     elif size != n:
         raise ValueError(f"{size} bytes of page data for {nr_pages} pages")
-    flags = (Flag.LZ4 if lz4 else 0) | (Flag.CRC if crc32 is not None else 0) | (
-        Flag.END if end else 0)
+    flags = (F_LZ4 if lz4 else 0) | (F_CRC if crc32 is not None else 0) | (F_END if end else 0)
     head = encode_header(FrameType.PAGES, flags, request_id, PAGE_HEADER_SIZE + size)
     head += PAGE_HEADER.pack(vaddr, nr_pages, crc32 or 0)
     return [head, data]
@@ -202,7 +205,7 @@ def encode_zero_pages(request_id: int, vaddr: int, nr_pages: int, *, end: bool =
     _check_id(request_id)
     if not 1 <= nr_pages <= MAX_FRAME_PAGES or vaddr % PAGE_SIZE:
         raise ValueError(f"bad page run {vaddr:#x} + {nr_pages} pages")
-    flags = Flag.ZERO | (Flag.END if end else 0)
+    flags = F_ZERO | (F_END if end else 0)
     return encode_header(FrameType.PAGES, flags, request_id, PAGE_HEADER_SIZE) + \
         PAGE_HEADER.pack(vaddr, nr_pages, 0)
 
@@ -212,7 +215,7 @@ def encode_data(request_id: int, data: Buffer, *, end: bool = False) -> list[Buf
     size = len(data) if not isinstance(data, memoryview) else data.nbytes
     if size > MAX_PAYLOAD:
         raise ValueError(f"DATA frame of {size} bytes exceeds {MAX_PAYLOAD}")
-    return [encode_header(FrameType.DATA, Flag.END if end else 0, request_id, size), data]
+    return [encode_header(FrameType.DATA, F_END if end else 0, request_id, size), data]
 
 
 class FrameDecoder:
@@ -234,6 +237,9 @@ class FrameDecoder:
         self._big_len = 0
         self._big_filled = 0
         self._big_head: tuple[FrameType, int, int] = (FrameType.DATA, 0, 0)
+        # After a large frame, read the next header alone, so that a large
+        # payload after it goes straight into the payload buffer too.
+        self._expect_big = False
         self.bytes_received = 0
 
     # -- receiving
@@ -250,6 +256,10 @@ class FrameDecoder:
             # Keep room for a whole small frame after the partial one.
             self._buf[: end - start] = self._view[start:end]
             self._start, self._end = 0, end - start
+        if self._expect_big:
+            need = HEADER_SIZE - (self._end - self._start)
+            if need > 0:
+                return self._view[self._end : self._end + need]
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
@@ -263,6 +273,7 @@ class FrameDecoder:
             assert self._big_view is not None
             frame = Frame(ftype, flags, rid, self._big_view[: self._big_len])
             self._big_len = 0
+            self._expect_big = True
             return [frame]
         self._end += nbytes
         return self._parse()
@@ -311,10 +322,9 @@ class FrameDecoder:
             raise BadMagic(magic)
         if version != PROTOCOL_VERSION:
             raise VersionMismatch(version)
-        try:
-            t = FrameType(ftype)
-        except ValueError:
-            raise ProtocolError(f"unknown frame type {ftype}") from None
+        t = _TYPES.get(ftype)
+        if t is None:
+            raise ProtocolError(f"unknown frame type {ftype}")
         if t not in self._accept:
             raise ProtocolError(f"unexpected {t.name} frame")
         if flags & ~_ALLOWED_FLAGS[t]:
@@ -336,6 +346,7 @@ class FrameDecoder:
             if end - start >= total:
                 frames.append(Frame(t, flags, rid, view[start + HEADER_SIZE : start + total]))
                 start += total
+                self._expect_big = False
                 continue
             if total > _SMALL_FRAME:
                 # Read the rest straight into the (reused) large-payload buffer.
@@ -449,12 +460,12 @@ def _pages_event(frame: Frame) -> PagesReceived:
     vaddr, nr_pages, crc = PAGE_HEADER.unpack_from(p)
     data = p[PAGE_HEADER_SIZE:]
     flags = frame.flags
-    lz4, zero = bool(flags & Flag.LZ4), bool(flags & Flag.ZERO)
+    lz4, zero = bool(flags & F_LZ4), bool(flags & F_ZERO)
     n = nr_pages * PAGE_SIZE
     if not 1 <= nr_pages <= MAX_FRAME_PAGES or vaddr % PAGE_SIZE or vaddr + n > 1 << 64:
         raise ProtocolError(f"PAGES frame with a bad page run {vaddr:#x} + {nr_pages} pages")
     if zero:
-        if lz4 or flags & Flag.CRC or len(data):
+        if lz4 or flags & F_CRC or len(data):
             raise ProtocolError("ZERO PAGES frame with data, lz4 or crc")
     elif lz4:
         if not 0 < len(data) < n:
@@ -462,7 +473,7 @@ def _pages_event(frame: Frame) -> PagesReceived:
     elif len(data) != n:
         raise ProtocolError(f"PAGES frame of {len(data)} bytes for {nr_pages} pages")
     return PagesReceived(frame.request_id, vaddr, nr_pages, data, lz4, zero,
-                         crc if flags & Flag.CRC else None, bool(flags & Flag.END))
+                         crc if flags & F_CRC else None, bool(flags & F_END))
 
 
 # ---------------------------------------------------------------- connections
@@ -514,7 +525,7 @@ class ServerConnection(_Connection):
                 raise ProtocolError("REQUEST of no known kind")
             return RequestReceived(frame.request_id, req)
         if t == FrameType.DATA:
-            return DataReceived(frame.request_id, frame.payload, bool(frame.flags & Flag.END))
+            return DataReceived(frame.request_id, frame.payload, bool(frame.flags & F_END))
         raise ProtocolError(f"unexpected {t.name} frame after the handshake")
 
     # -- sending
@@ -529,7 +540,7 @@ class ServerConnection(_Connection):
         return encode_control(FrameType.SERVER_HELLO, 0, msg)
 
     def send_response(self, request_id: int, response: wire.Response, end: bool = True) -> bytes:
-        return encode_control(FrameType.RESPONSE, request_id, response, Flag.END if end else 0)
+        return encode_control(FrameType.RESPONSE, request_id, response, F_END if end else 0)
 
     def send_error(self, request_id: int, code: wire.Error.Code, message: str) -> bytes:
         """An error reply (ends the request). Request id 0: the connection itself."""
@@ -580,13 +591,13 @@ class ClientConnection(_Connection):
             _parse_msg(resp, frame.payload, "RESPONSE")
             if resp.WhichOneof("kind") is None:
                 raise ProtocolError("RESPONSE of no known kind")
-            return ResponseReceived(frame.request_id, resp, bool(frame.flags & Flag.END))
+            return ResponseReceived(frame.request_id, resp, bool(frame.flags & F_END))
         if t == FrameType.PAGES:
             ev = _pages_event(frame)
             if ev.lz4 and not self.lz4:
                 raise ProtocolError("lz4 PAGES frame, but lz4 was not negotiated")
             return ev
-        return DataReceived(frame.request_id, frame.payload, bool(frame.flags & Flag.END))
+        return DataReceived(frame.request_id, frame.payload, bool(frame.flags & F_END))
 
     # -- sending
 

@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import cast
 
 from . import wire_pb2 as wire
-from .catalog import Catalog, CatalogError, Piece, ProcessPages, Upload
+from .catalog import Catalog, CatalogError, Piece, ProcessPages, Scratch, Upload
 from .protocol import (
     DATA_CHUNK,
     FEATURE_LZ4,
+    MAX_FRAME_PAGES,
+    PAGE_SIZE,
     PROTOCOL_VERSION,
     BadMagic,
     Buffer,
@@ -49,6 +51,8 @@ SERVER_NAME = "lazarus-pageserver/0.1"
 HELLO_TIMEOUT = 10.0          # a client must say hello within this
 CLOSE_GRACE = 1.0             # a refused client gets this long to read why
 STREAM_CHUNK = 4 << 20        # bytes read (one pread) per step of a bulk stream
+STREAM_BUFFERS = 3            # read buffers per stream, reused in turn
+GET_SCRATCH = 256 << 10       # initial read buffer for page requests, per connection
 WRITE_HIGH = 4 << 20          # transport buffer high-water mark (backpressure)
 WRITE_LOW = 1 << 20
 
@@ -80,6 +84,7 @@ class _Session(asyncio.BufferedProtocol):
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._scratch: Scratch | None = None
 
     # -- asyncio callbacks
 
@@ -245,6 +250,15 @@ class _Session(asyncio.BufferedProtocol):
                     self.uploads.pop(ev.request_id).abort()
                     self.failed_uploads.add(ev.request_id)
                 self.write(self.conn.send_error(ev.request_id, e.code, str(e)))
+            except ProtocolError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one request fails, not the server
+                log.error("client %s: request %d failed: %r", self.peer, ev.request_id, e)
+                if ev.request_id in self.uploads:
+                    self.uploads.pop(ev.request_id).abort()
+                    self.failed_uploads.add(ev.request_id)
+                self.write(self.conn.send_error(ev.request_id, wire.Error.INTERNAL,
+                                                f"internal error: {e}"))
         elif isinstance(ev, DataReceived):
             self._data(ev.request_id, ev.data)
 
@@ -278,8 +292,17 @@ class _Session(asyncio.BufferedProtocol):
         if kind == "get_pages":
             g = req.get_pages
             entry = catalog.process(g.image, g.pid)
-            pieces = entry.get_range(g.vaddr, g.nr_pages, self.conn.lz4)
+            scratch = self._scratch
+            if scratch is None or len(scratch.buf) < g.nr_pages * PAGE_SIZE:
+                scratch = self._scratch = Scratch(
+                    max(GET_SCRATCH, min(g.nr_pages, MAX_FRAME_PAGES) * PAGE_SIZE))
+            scratch.reset()
+            pieces = entry.get_range(g.vaddr, g.nr_pages, self.conn.lz4, scratch)
             self.writelines(self._frames(rid, pieces, end=True))
+            if self.transport is not None and self.transport.get_write_buffer_size():
+                # Not all sent at once: the transport still holds views of the
+                # scratch buffer, so the next request gets a new one.
+                self._scratch = None
         elif kind == "list_images":
             self.write(self.conn.send_response(
                 rid, wire.Response(images=wire.ImageList(names=catalog.list_images()))))
@@ -378,27 +401,52 @@ class _Session(asyncio.BufferedProtocol):
         finally:
             os.close(fd)
 
+    async def _sent_through(self, mark: int) -> None:
+        """Wait until every byte queued before ``mark`` (a bytes_out value) left the
+        transport's buffer: what is still buffered is always the most recent bytes."""
+        while True:
+            if self.closed or self.transport is None:
+                raise ConnectionResetError("client gone")
+            if self.transport.get_write_buffer_size() <= self.bytes_out - mark:
+                return
+            await asyncio.sleep(0.001)
+
     async def _stream(self, rid: int, entry: ProcessPages) -> None:
         # Our own fd: the shared one may be closed if the index is evicted meanwhile.
         fd = os.dup(entry.fd)
         lz4_ok = self.conn.lz4
         pool = self.server.pool
         groups = entry.stream_chunks(STREAM_CHUNK)
+        # Blocks are read into a few buffers reused in turn (the frames point
+        # into them); a buffer is refilled only once all it held was sent.
+        buffers = [Scratch(STREAM_CHUNK) for _ in range(STREAM_BUFFERS)]
+        sent_mark = [0] * STREAM_BUFFERS
+        turn = 0
         fut: asyncio.Future[list[Piece]] | None = None
 
-        def prefetch() -> asyncio.Future[list[Piece]] | None:
+        async def prefetch() -> tuple[asyncio.Future[list[Piece]], int] | None:
+            nonlocal turn
             group = next(groups, None)
             if group is None:
                 return None
-            return self.loop.run_in_executor(pool, entry.stream_pieces, fd, group, lz4_ok)
+            j = turn % STREAM_BUFFERS
+            turn += 1
+            await self._sent_through(sent_mark[j])
+            return self.loop.run_in_executor(pool, entry.stream_pieces, fd, group, lz4_ok,
+                                             buffers[j]), j
 
         frames = pages = 0
         try:
-            fut = prefetch()
-            while fut is not None:
+            nxt = await prefetch()
+            while nxt is not None:
+                fut, j = nxt
                 pieces = await fut
-                fut = prefetch()
+                fut = None
+                nxt = await prefetch()
+                if nxt is not None:
+                    fut = nxt[0]
                 self.writelines(self._frames(rid, pieces, end=False))
+                sent_mark[j] = self.bytes_out
                 frames += len(pieces)
                 pages += sum(p.nr_pages for p in pieces)
                 await self.drain()

@@ -830,20 +830,20 @@ def test_sigterm_stops_cleanly_with_clients_connected(start_server: Any, images:
             stream = busy.stream_pages("alpha", ALPHA_PID)
             await stream.__anext__()
             s.proc.send_signal(signal.SIGTERM)
-            with pytest.raises(PageServerError):
+            status = await asyncio.to_thread(s.proc.wait, STOP_TIMEOUT)
+            assert status == 0, s.text()
+            try:            # the rest of the stream may have arrived before the stop
                 async for _ in stream:
                     pass
-                await busy.list_images()
-            with pytest.raises(PageServerError):
-                await idle.list_images()
+            except PageServerError:
+                pass
+            for c in (busy, idle):
+                with pytest.raises(PageServerError, match="lost|closed"):
+                    await c.list_images()
         finally:
             await idle.close()
             await busy.close()
     run(main())
-    try:
-        assert s.proc.wait(STOP_TIMEOUT) == 0
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"pageserver still running {STOP_TIMEOUT:.0f} s after SIGTERM")
     lines = s.lines()
     assert lines[-1] == "pageserver: stopped", lines[-5:]
     assert sum("session" in ln for ln in lines) == 2
