@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Decoded blocks kept per process for the partial reads of neighbouring faults.
 _BLOCK_CACHE_BYTES = 32 << 20
 _MAX_ENTRIES = 128
+REVALIDATE = 1.0
 
 
 class CatalogError(Exception):
@@ -116,6 +118,7 @@ class ProcessPages:
     vmas: list[tuple[int, int]]          # merged [start, end) runs
     vma_starts: list[int]
     verified: bytearray                  # per block of by_vaddr: crc checked
+    checked: float = 0.0                 # when ident was last compared with the directory
     _cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     _cache_bytes: int = 0
 
@@ -395,6 +398,7 @@ class Upload:
                                f"image {self.name}: cannot store: {e.strerror}") from e
         self.done = True
         self.catalog.uploads.discard(self.name)
+        self.catalog.forget(self.name)
         rfd = os.open(root, _DIR_FLAGS)
         try:
             os.fsync(rfd)
@@ -438,6 +442,7 @@ class Catalog:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
+        self._root = str(self.root)
         self.uploads: set[str] = set()
         self._entries: OrderedDict[tuple[str, int], ProcessPages] = OrderedDict()
 
@@ -506,16 +511,25 @@ class Catalog:
         return fd
 
     def process(self, image: str, pid: int) -> ProcessPages:
-        """The page index of process ``pid`` of ``image``, loaded once and shared."""
+        """The page index of process ``pid`` of ``image``, loaded once and shared.
+
+        Images do not change once stored; one replaced by hand (removed, then
+        stored again under the same name) is noticed within REVALIDATE seconds.
+        """
+        key = (image, pid)
+        entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is not None and now - entry.checked < REVALIDATE:
+            self._entries.move_to_end(key)
+            return entry
         check_name(image)
         try:
-            st = os.stat(self.root / image, follow_symlinks=False)
+            st = os.stat(os.path.join(self._root, image), follow_symlinks=False)
         except OSError:
             raise _not_found(f"no image {image}") from None
         ident = (st.st_dev, st.st_ino)
-        key = (image, pid)
-        entry = self._entries.get(key)
         if entry is not None and entry.ident == ident:
+            entry.checked = now
             self._entries.move_to_end(key)
             return entry
         if entry is not None:
@@ -523,6 +537,7 @@ class Catalog:
             del self._entries[key]
             entry.close()
         entry = self._load(image, pid, ident)
+        entry.checked = now
         self._entries[key] = entry
         while len(self._entries) > _MAX_ENTRIES:
             _, old = self._entries.popitem(last=False)
@@ -596,6 +611,11 @@ class Catalog:
                             starts=[b.vaddr for b in blocks], by_offset=order, vmas=vmas,
                             vma_starts=vma_starts,
                             verified=bytearray(len(blocks)))
+
+    def forget(self, image: str) -> None:
+        """Drop the cached indexes of ``image`` (it was just stored anew)."""
+        for key in [k for k in self._entries if k[0] == image]:
+            self._entries.pop(key).close()
 
     def begin_upload(self, name: str) -> Upload:
         check_name(name)
