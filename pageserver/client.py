@@ -52,9 +52,12 @@ _HOSTPORT = re.compile(
     r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]\s/]+)):(?P<port>\d{1,5})$")
 _SAFE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@=-]{0,199}")
 
-# Stream frames queued before the connection stops reading (backpressure).
-_STREAM_HIGH = 64
-_STREAM_LOW = 16
+# Stream blocks queued before the connection stops reading (backpressure).
+# Kept small: besides bounding memory, a few blocks freed and allocated again
+# reuse the same heap memory, while a deep queue makes malloc give memory
+# back and fault it in again (on this project's VMs, ~4x the cost of the copy).
+_STREAM_HIGH = 8
+_STREAM_LOW = 2
 
 
 class PageServerError(Exception):
