@@ -21,6 +21,7 @@ import os
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,7 +52,7 @@ SERVER_NAME = "lazarus-pageserver/0.1"
 HELLO_TIMEOUT = 10.0          # a client must say hello within this
 CLOSE_GRACE = 1.0             # a refused client gets this long to read why
 STREAM_CHUNK = 4 << 20        # bytes read (one pread) per step of a bulk stream
-STREAM_BUFFERS = 3            # read buffers per stream, reused in turn
+STREAM_AHEAD = 2              # chunks of a bulk stream being read ahead, in parallel
 GET_SCRATCH = 256 << 10       # initial read buffer for page requests, per connection
 WRITE_HIGH = 4 << 20          # transport buffer high-water mark (backpressure)
 WRITE_LOW = 1 << 20
@@ -417,34 +418,35 @@ class _Session(asyncio.BufferedProtocol):
         lz4_ok = self.conn.lz4
         pool = self.server.pool
         groups = entry.stream_chunks(STREAM_CHUNK)
-        # Blocks are read into a few buffers reused in turn (the frames point
-        # into them); a buffer is refilled only once all it held was sent.
-        buffers = [Scratch(STREAM_CHUNK) for _ in range(STREAM_BUFFERS)]
-        sent_mark = [0] * STREAM_BUFFERS
+        # Blocks are read (and, the first time, checked) by the pool, up to
+        # STREAM_AHEAD chunks ahead of the one being sent, into buffers reused
+        # in turn: the frames point into them, so a buffer is refilled only
+        # once everything it held has left the transport.
+        buffers = [Scratch(STREAM_CHUNK) for _ in range(STREAM_AHEAD + 2)]
+        sent_mark = [0] * len(buffers)
         turn = 0
-        fut: asyncio.Future[list[Piece]] | None = None
+        inflight: deque[tuple[asyncio.Future[list[Piece]], int]] = deque()
 
-        async def prefetch() -> tuple[asyncio.Future[list[Piece]], int] | None:
+        async def fill() -> None:
             nonlocal turn
-            group = next(groups, None)
-            if group is None:
-                return None
-            j = turn % STREAM_BUFFERS
-            turn += 1
-            await self._sent_through(sent_mark[j])
-            return self.loop.run_in_executor(pool, entry.stream_pieces, fd, group, lz4_ok,
-                                             buffers[j]), j
+            while len(inflight) < STREAM_AHEAD:
+                group = next(groups, None)
+                if group is None:
+                    return
+                j = turn % len(buffers)
+                turn += 1
+                await self._sent_through(sent_mark[j])
+                inflight.append((self.loop.run_in_executor(
+                    pool, entry.stream_pieces, fd, group, lz4_ok, buffers[j]), j))
 
         frames = pages = 0
         try:
-            nxt = await prefetch()
-            while nxt is not None:
-                fut, j = nxt
+            await fill()
+            while inflight:
+                fut, j = inflight[0]
                 pieces = await fut
-                fut = None
-                nxt = await prefetch()
-                if nxt is not None:
-                    fut = nxt[0]
+                inflight.popleft()
+                await fill()
                 self.writelines(self._frames(rid, pieces, end=False))
                 sent_mark[j] = self.bytes_out
                 frames += len(pieces)
@@ -455,11 +457,19 @@ class _Session(asyncio.BufferedProtocol):
         except CatalogError as e:
             self.write(self.conn.send_error(rid, e.code, str(e)))
         finally:
-            if fut is not None and not fut.done():
-                # A read is still running in the pool: close the fd after it.
-                fut.add_done_callback(lambda f: os.close(fd))
-            else:
+            running = [f for f, _ in inflight if not f.done()]
+            if not running:
                 os.close(fd)
+            else:
+                # Reads still running in the pool: close the fd after the last.
+                left = [len(running)]
+
+                def done(_: object) -> None:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        os.close(fd)
+                for f in running:
+                    f.add_done_callback(done)
 
 
 class PageServer:
