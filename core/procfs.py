@@ -109,6 +109,10 @@ def list_fds(pid: int) -> list[int]:
     return sorted(int(n) for n in os.listdir(proc(pid, "fd")))
 
 
+def list_tids(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(proc(pid, "task")))
+
+
 def read_auxv(pid: int) -> bytes:
     """Saved auxv up to and including the AT_NULL pair."""
     data = proc(pid, "auxv").read_bytes()

@@ -58,9 +58,12 @@ def finish_sync(ctx: DumpContext) -> None:
         thaw(ctx)
         return
     os.kill(ctx.pid, signal.SIGKILL)
-    ctx.seized = False
-    # As its tracer we see the death first; the real parent can reap it only after.
-    pt.wait(ctx.pid, KILL_TIMEOUT)
+    # As their tracer we see each thread die first; the real parent can reap
+    # the process only after (the leader is reported last).
+    tids = sorted(ctx.threads, key=lambda t: t == ctx.pid)
+    ctx.threads.clear()
+    for tid in tids:
+        pt.wait(tid, KILL_TIMEOUT)
 
 
 async def finish(ctx: DumpContext) -> None:

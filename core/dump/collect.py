@@ -16,6 +16,7 @@ from core.kernel import ptrace as pt
 from core.kernel.inject import Injector
 from core.kernel.libc import MASK64, to_signed
 from core.kernel.memory import ProcMem
+from core.kernel.process import get_robust_list
 from core.kernel.structs import KernelSigaction
 
 PR_GET_TID_ADDRESS = 40
@@ -82,18 +83,22 @@ def collect_fds(pid: int) -> list[pb.FileDesc]:
     return out
 
 
-def collect_by_injection(ctx: DumpContext, maps: list[procfs.MapEntry]) -> None:
-    """Sigactions, brk and the clear-tid address can only be read from inside."""
-    assert ctx.regs is not None
+def collect_by_injection(ctx: DumpContext, maps: list[procfs.MapEntry],
+                         threads: dict[int, pb.ThreadState]) -> None:
+    """What can only be read from inside: sigactions, brk and timers from the
+    process; clear-tid address and alternate signal stack from each thread."""
     pid = ctx.pid
     code = next((m for m in maps if m.prot & K.PROT_EXEC and m.is_file), None)
     if code is None:
         raise LazarusError(f"PID {pid} has no executable file mapping to run syscalls from")
     # Block every signal while we run code in the task, so none is delivered
-    # into our injected calls; the real mask is put back by thaw.
-    pt.set_sigmask(pid, ALL_SIGNALS)
+    # into our injected calls; the real masks are put back below.
+    for t in ctx.threads.values():
+        pt.set_sigmask(t.tid, ALL_SIGNALS)
+    leader = ctx.leader
+    assert leader.regs is not None
     with ProcMem(pid, writable=True) as mem:
-        inj = Injector(pid, mem, ctx.regs, code.start)
+        inj = Injector(pid, mem, leader.regs, code.start)
         scratch = 0
         try:
             scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
@@ -115,14 +120,34 @@ def collect_by_injection(ctx: DumpContext, maps: list[procfs.MapEntry]) -> None:
                     ctx.proc.itimers.append(pb.ITimer(
                         which=which, interval_us=i_sec * 1_000_000 + i_usec,
                         value_us=v_sec * 1_000_000 + v_usec))
-            inj.syscall(K.SYS_PRCTL, PR_GET_TID_ADDRESS, scratch)
-            ctx.proc.threads[0].clear_tid_address = int.from_bytes(mem.read(scratch, 8), "little")
+            for t in ctx.threads.values():
+                assert t.regs is not None
+                tinj = inj if t.tid == pid else \
+                    Injector(t.tid, mem, t.regs, code.start, owns_code=True)
+                state = threads[t.tid]
+                try:
+                    tinj.syscall(K.SYS_PRCTL, PR_GET_TID_ADDRESS, scratch)
+                    state.clear_tid_address = int.from_bytes(mem.read(scratch, 8), "little")
+                    tinj.syscall(K.SYS_SIGALTSTACK, 0, scratch)
+                    sp, flags, size = _altstack(mem.read(scratch, 24))
+                    state.altstack_sp, state.altstack_flags, state.altstack_size = sp, flags, size
+                finally:
+                    if tinj is not inj:
+                        pt.set_regs(t.tid, t.regs)
         finally:
             if scratch > 0:
                 inj.syscall(K.SYS_MUNMAP, scratch, 4096)
             inj.restore_code()
-            pt.set_regs(pid, ctx.regs)
-            pt.set_sigmask(pid, ctx.sigmask)
+            for t in ctx.threads.values():
+                if t.regs is not None:
+                    pt.set_regs(t.tid, t.regs)
+                pt.set_sigmask(t.tid, t.sigmask)
+
+
+def _altstack(raw: bytes) -> tuple[int, int, int]:
+    """stack_t: void *ss_sp; int ss_flags; (pad); size_t ss_size."""
+    sp, flags, size = struct.unpack("<Qi4xQ", raw)
+    return sp, flags, size
 
 
 def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
@@ -141,7 +166,6 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
 
 def collect_sync(ctx: DumpContext) -> None:
     pid = ctx.pid
-    assert ctx.regs is not None
     proc = ctx.proc
     stat = procfs.read_stat(pid)
     status = procfs.read_status(pid)
@@ -170,18 +194,24 @@ def collect_sync(ctx: DumpContext) -> None:
         proc.rlimits.append(pb.Rlimit(resource=res, soft=soft & MASK64, hard=hard & MASK64))
     proc.fds.extend(collect_fds(pid))
 
-    thread = proc.threads.add()
-    thread.tid = pid
-    thread.xstate = pt.get_xstate(pid)
-    thread.sigmask = ctx.sigmask
-    thread.pending_signals.extend(pt.peek_siginfo(pid, shared=False))
     proc.shared_pending_signals.extend(pt.peek_siginfo(pid, shared=True))
-    rseq = pt.get_rseq(pid)
-    if rseq.ptr:
-        thread.rseq.CopyFrom(pb.Rseq(ptr=rseq.ptr, size=rseq.size, signature=rseq.signature))
-    thread.regs = pt.regs_to_bytes(fixed_up_regs(ctx.regs))
+    states: dict[int, pb.ThreadState] = {}
+    for t in sorted(ctx.threads.values(), key=lambda t: t.tid != pid):   # the leader first
+        assert t.regs is not None
+        thread = states[t.tid] = proc.threads.add()
+        thread.tid = t.tid
+        thread.comm = procfs.proc(pid, "task", str(t.tid), "comm").read_text().rstrip("\n")
+        thread.xstate = pt.get_xstate(t.tid)
+        thread.sigmask = t.sigmask
+        thread.pending_signals.extend(pt.peek_siginfo(t.tid, shared=False))
+        rseq = pt.get_rseq(t.tid)
+        if rseq.ptr:
+            thread.rseq.CopyFrom(pb.Rseq(ptr=rseq.ptr, size=rseq.size,
+                                         signature=rseq.signature))
+        thread.robust_list, thread.robust_list_len = get_robust_list(t.tid)
+        thread.regs = pt.regs_to_bytes(fixed_up_regs(t.regs))
 
-    collect_by_injection(ctx, procfs.read_maps(pid))
+    collect_by_injection(ctx, procfs.read_maps(pid), states)
     # Maps are read after the injection has cleaned up after itself.
     maps = procfs.read_maps(pid)
     proc.vmas.extend(classify_vma(m) for m in maps)

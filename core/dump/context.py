@@ -22,13 +22,18 @@ class DumpOptions:
 
 
 @dataclass
+class FrozenThread:
+    tid: int
+    regs: pt.Regs | None = None     # as found at freeze time, before any fix-up
+    sigmask: int = 0
+
+
+@dataclass
 class DumpContext:
     opts: DumpOptions
     tracer: Tracer
     writer: ImageWriter | None = None
-    seized: bool = False
-    regs: pt.Regs | None = None           # as found at freeze time, before any fix-up
-    sigmask: int = 0
+    threads: dict[int, FrozenThread] = field(default_factory=dict)   # seized, by tid
     proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
     inventory: pb.Inventory = field(default_factory=pb.Inventory)
     warnings: list[str] = field(default_factory=list)
@@ -36,3 +41,11 @@ class DumpContext:
     @property
     def pid(self) -> int:
         return self.opts.pid
+
+    @property
+    def leader(self) -> FrozenThread:
+        return self.threads[self.pid]
+
+    @property
+    def seized(self) -> bool:
+        return bool(self.threads)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 
 from core import procfs
-from core.dump.context import DumpContext
+from core.dump.context import DumpContext, FrozenThread
 from core.errors import LazarusError
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
+
+log = logging.getLogger("lazarus")
 
 FREEZE_TIMEOUT = 5.0
 MAX_SIGNAL_STOPS = 16
@@ -35,10 +39,6 @@ def check_target(pid: int) -> None:
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise LazarusError(f"PID {pid} is already traced by PID {tracer}")
-    if stat.num_threads != 1:
-        raise LazarusError(
-            f"PID {pid} has {stat.num_threads} threads: multi-threaded processes are not "
-            "supported yet")
     kids = procfs.children(pid)
     if kids:
         raise LazarusError(
@@ -46,44 +46,72 @@ def check_target(pid: int) -> None:
             "are not supported yet")
 
 
-def seize(pid: int) -> None:
+def seize(pid: int, tid: int) -> bool:
+    """Seize one thread; False if it is already gone."""
     try:
-        pt.seize(pid)
+        pt.seize(tid)
     except OSError as exc:
+        if exc.errno == errno.ESRCH and tid != pid:
+            return False
         raise LazarusError(f"cannot attach to PID {pid}: {exc.strerror}") from None
+    return True
 
 
-def stop(pid: int) -> tuple[pt.Regs, int]:
-    """PTRACE_INTERRUPT a seized task; returns its registers and signal mask."""
-    pt.interrupt(pid)
+def stop(tid: int) -> tuple[pt.Regs, int] | None:
+    """PTRACE_INTERRUPT a seized thread; its registers and signal mask, or None
+    if it exited meanwhile."""
+    pt.interrupt(tid)
     for _ in range(MAX_SIGNAL_STOPS):
-        res = pt.wait(pid, FREEZE_TIMEOUT)
+        res = pt.wait(tid, FREEZE_TIMEOUT)
         if not res.stopped:
-            raise LazarusError(f"PID {pid} {res.describe()} while being frozen")
+            return None
         if res.event == K.PTRACE_EVENT_STOP:
-            return pt.get_regs(pid), pt.get_sigmask(pid)
+            return pt.get_regs(tid), pt.get_sigmask(tid)
         # A signal arrived first: deliver it as the kernel would have, the
         # interrupt stays pending and traps next.
-        pt.cont(pid, res.stop_signal)
-    raise LazarusError(f"PID {pid} keeps receiving signals: could not freeze it")
+        pt.cont(tid, res.stop_signal)
+    raise LazarusError(f"thread {tid} keeps receiving signals: could not freeze it")
+
+
+def freeze_sync(ctx: DumpContext) -> None:
+    """Seize and stop every thread; threads born meanwhile are caught by listing
+    again until a listing shows no new one (stopped threads cannot clone)."""
+    pid = ctx.pid
+    while True:
+        new = [t for t in procfs.list_tids(pid) if t not in ctx.threads]
+        if not new:
+            break
+        for tid in new:
+            if seize(pid, tid):
+                ctx.threads[tid] = FrozenThread(tid)
+        for tid in new:
+            if tid not in ctx.threads:
+                continue
+            got = stop(tid)
+            if got is None:
+                if tid == pid:
+                    raise LazarusError(f"PID {pid} exited while being frozen")
+                del ctx.threads[tid]
+                continue
+            ctx.threads[tid].regs, ctx.threads[tid].sigmask = got
 
 
 def thaw(ctx: DumpContext) -> None:
-    """Put back the registers and mask found at freeze time and let the task go."""
-    if not ctx.seized:
-        return
-    if ctx.regs is not None:
-        pt.set_regs(ctx.pid, ctx.regs)
-        pt.set_sigmask(ctx.pid, ctx.sigmask)
-    pt.detach(ctx.pid)
-    ctx.seized = False
+    """Put back the registers and masks found at freeze time and let the threads go."""
+    for t in list(ctx.threads.values()):
+        try:
+            if t.regs is not None:
+                pt.set_regs(t.tid, t.regs)
+                pt.set_sigmask(t.tid, t.sigmask)
+            pt.detach(t.tid)
+        except OSError as exc:
+            log.warning("could not release thread %d: %s", t.tid, exc.strerror)
+    ctx.threads.clear()
 
 
 async def freeze(ctx: DumpContext) -> None:
     check_target(ctx.pid)
-    await ctx.tracer.call(seize, ctx.pid)
-    ctx.seized = True
-    ctx.regs, ctx.sigmask = await ctx.tracer.call(stop, ctx.pid)
+    await ctx.tracer.call(freeze_sync, ctx)
     return None
 
 

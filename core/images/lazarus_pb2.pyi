@@ -202,7 +202,7 @@ class FileDesc(_message.Message):
     def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ThreadState(_message.Message):
-    __slots__ = ("tid", "regs", "xstate", "sigmask", "rseq", "clear_tid_address", "pending_signals")
+    __slots__ = ("tid", "regs", "xstate", "sigmask", "rseq", "clear_tid_address", "pending_signals", "robust_list", "robust_list_len", "altstack_sp", "altstack_size", "altstack_flags", "comm")
     TID_FIELD_NUMBER: _ClassVar[int]
     REGS_FIELD_NUMBER: _ClassVar[int]
     XSTATE_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,12 @@ class ThreadState(_message.Message):
     RSEQ_FIELD_NUMBER: _ClassVar[int]
     CLEAR_TID_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PENDING_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    ROBUST_LIST_FIELD_NUMBER: _ClassVar[int]
+    ROBUST_LIST_LEN_FIELD_NUMBER: _ClassVar[int]
+    ALTSTACK_SP_FIELD_NUMBER: _ClassVar[int]
+    ALTSTACK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ALTSTACK_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    COMM_FIELD_NUMBER: _ClassVar[int]
     tid: int
     regs: bytes
     xstate: bytes
@@ -217,7 +223,13 @@ class ThreadState(_message.Message):
     rseq: Rseq
     clear_tid_address: int
     pending_signals: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ..., pending_signals: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    robust_list: int
+    robust_list_len: int
+    altstack_sp: int
+    altstack_size: int
+    altstack_flags: int
+    comm: str
+    def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ..., pending_signals: _Optional[_Iterable[bytes]] = ..., robust_list: _Optional[int] = ..., robust_list_len: _Optional[int] = ..., altstack_sp: _Optional[int] = ..., altstack_size: _Optional[int] = ..., altstack_flags: _Optional[int] = ..., comm: _Optional[str] = ...) -> None: ...
 
 class ProcessImage(_message.Message):
     __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals")

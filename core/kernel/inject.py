@@ -64,6 +64,28 @@ class Injector:
                 -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
         return ret
 
+    def syscall_traced_clone(self, nr: int, *args: int) -> int:
+        """clone/clone3 with PTRACE_O_TRACECLONE set: first the PTRACE_EVENT_CLONE
+        stop, then the trap after the syscall. Returns the new tid."""
+        pt.set_regs(self.pid, self._prepare(nr, args))
+        pt.cont(self.pid)
+        res = pt.wait(self.pid, INJECT_TIMEOUT)
+        if not (res.stopped and res.event == K.PTRACE_EVENT_CLONE):
+            raise pt.TraceError(
+                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+        tid = pt.get_event_msg(self.pid)
+        pt.cont(self.pid)
+        res = pt.wait(self.pid, INJECT_TIMEOUT)
+        self.count += 1
+        if not (res.stopped and res.stop_signal == K.SIGTRAP):
+            raise pt.TraceError(
+                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+        ret = to_signed(pt.get_regs(self.pid).rax)
+        if ret < 0:
+            raise InjectedSyscallError(
+                -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
+        return tid
+
     def syscall_unmapping_self(self, nr: int, *args: int) -> None:
         """A syscall that unmaps the injected code: its return faults with SIGSEGV,
         which is expected and swallowed (the task stays stopped for us)."""

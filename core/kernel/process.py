@@ -44,3 +44,11 @@ def clone_traced_helper(pid: int, exe: str = HELPER_EXE) -> int:
 
 def pidfd_open(pid: int) -> int:
     return syscall(K.SYS_PIDFD_OPEN, pid, 0)
+
+
+def get_robust_list(tid: int) -> tuple[int, int]:
+    """The robust futex list head and its size, as the thread registered them."""
+    head = ctypes.c_uint64()
+    size = ctypes.c_size_t()
+    syscall(K.SYS_GET_ROBUST_LIST, tid, addressof(head), addressof(size))
+    return int(head.value), int(size.value)

@@ -11,6 +11,7 @@ from core.restore.memory import write_memory
 from core.restore.prepare import close_sources, create_process, kill_process, read_image
 from core.restore.resume import resume
 from core.restore.state import restore_state
+from core.restore.threads import restore_threads
 
 __all__ = ["RestoreOptions", "RestoreContext", "restore"]
 
@@ -20,6 +21,7 @@ RESTORE_STAGES: list[Stage[RestoreContext]] = [
     Stage("address-space", build_address_space),
     Stage("memory", write_memory),
     Stage("state", restore_state),
+    Stage("threads", restore_threads),
     Stage("resume", resume),
 ]
 
@@ -30,6 +32,7 @@ LAZY_STAGES: list[Stage[RestoreContext]] = [
     Stage("address-space", build_address_space),
     Stage("lazy-setup", lazy_memory, undo_lazy_memory),
     Stage("state", restore_state),
+    Stage("threads", restore_threads),
     Stage("resume", resume),
 ]
 

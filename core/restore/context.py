@@ -39,6 +39,7 @@ class RestoreContext:
     inventory: pb.Inventory = field(default_factory=pb.Inventory)
     proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
     pid: int = 0                       # the restored process, once created
+    thread_tids: list[int] = field(default_factory=list)   # its other threads, once made
     mem: ProcMem | None = None
     inj: Injector | None = None
     trampoline: int = 0

@@ -142,7 +142,7 @@ def create_process_sync(ctx: RestoreContext) -> None:
     if not (res.stopped and res.stop_signal == K.SIGTRAP):
         raise LazarusError(f"restore helper {res.describe()} before it could be set up")
     # If lazarus dies half-way, the kernel kills the half-made process.
-    pt.set_options(ctx.pid, K.PTRACE_O_EXITKILL)
+    pt.set_options(ctx.pid, K.PTRACE_O_EXITKILL | K.PTRACE_O_TRACECLONE)
     # No signal may interrupt the injected syscalls; resume loads the real mask.
     pt.set_sigmask(ctx.pid, MASK64)
 
@@ -158,7 +158,10 @@ def kill_process_sync(ctx: RestoreContext) -> None:
         ctx.mem = None
     if ctx.pid:
         os.kill(ctx.pid, 9)
-        os.waitpid(ctx.pid, K.WALL)
+        # Traced threads are ours to wait for; the leader is reported last.
+        for tid in [*ctx.thread_tids, ctx.pid]:
+            pt.wait(tid, PID_WAIT)
+        ctx.thread_tids.clear()
         ctx.pid = 0
 
 

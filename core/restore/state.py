@@ -11,6 +11,7 @@ import struct
 from core.errors import LazarusError
 from core.images import pb
 from core.kernel import constants as K
+from core.kernel.inject import Injector
 from core.kernel.libc import MASK64
 from core.kernel.structs import KernelSigaction, PrctlMmMap
 from core.restore.addrspace import open_in_target, put_string
@@ -129,17 +130,11 @@ def restore_fds(ctx: RestoreContext) -> None:
     close_all_but(ctx, [f.fd for f in proc.fds])
 
 
-def restore_rseq(ctx: RestoreContext) -> None:
-    assert ctx.inj is not None
-    rseq = ctx.proc.threads[0].rseq
-    if rseq.ptr:
-        ctx.inj.syscall(K.SYS_RSEQ, rseq.ptr, rseq.size, 0, rseq.signature)
-
-
-def restore_creds(ctx: RestoreContext) -> None:
-    """Last, since dropping root may forbid what comes before."""
-    assert ctx.inj is not None and ctx.mem is not None
-    c, inj = ctx.proc.creds, ctx.inj
+def restore_creds(ctx: RestoreContext, inj: Injector) -> None:
+    """Credentials are per thread: run in each. Last, since dropping root
+    forbids what comes before (clone3 with set_tid, PR_SET_MM)."""
+    assert ctx.mem is not None
+    c = ctx.proc.creds
     if (c.uid, c.euid, c.suid, c.gid, c.egid, c.sgid) == (0,) * 6 and not c.groups:
         return
     groups = b"".join(g.to_bytes(4, "little") for g in c.groups)
@@ -154,15 +149,15 @@ def restore_pending_signals(ctx: RestoreContext) -> None:
     lets every si_code through (they stay blocked until resume)."""
     assert ctx.inj is not None and ctx.mem is not None
     pid = ctx.pid
-    queued = [(True, info) for info in ctx.proc.shared_pending_signals] + \
-        [(False, info) for info in ctx.proc.threads[0].pending_signals]
-    for shared, info in queued:
+    queued = [(0, info) for info in ctx.proc.shared_pending_signals] + \
+        [(thread.tid, info) for thread in ctx.proc.threads for info in thread.pending_signals]
+    for tid, info in queued:
         signo = int.from_bytes(info[:4], "little")
         ctx.mem.write(ctx.scratch, info)
-        if shared:
+        if tid == 0:
             ctx.inj.syscall(K.SYS_RT_SIGQUEUEINFO, pid, signo, ctx.scratch)
         else:
-            ctx.inj.syscall(K.SYS_RT_TGSIGQUEUEINFO, pid, pid, signo, ctx.scratch)
+            ctx.inj.syscall(K.SYS_RT_TGSIGQUEUEINFO, pid, tid, signo, ctx.scratch)
 
 
 def restore_itimers(ctx: RestoreContext) -> None:
@@ -181,10 +176,6 @@ def restore_state_sync(ctx: RestoreContext) -> None:
     restore_task_basics(ctx)
     restore_rlimits(ctx)
     restore_fds(ctx)
-    restore_rseq(ctx)
-    restore_creds(ctx)
-    restore_pending_signals(ctx)
-    restore_itimers(ctx)
 
 
 async def restore_state(ctx: RestoreContext) -> None:
