@@ -77,7 +77,8 @@ def _addr(data: bytes) -> int:
 class LazyDaemon:
     def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
                  push_source: PageSource | None = None,
-                 fault_around: int = DEFAULT_FAULT_AROUND, push_delay: float = 0.0) -> None:
+                 fault_around: int = DEFAULT_FAULT_AROUND, push_delay: float = 0.0,
+                 stall_timeout: float = 30.0) -> None:
         self.fd = uffd_fd
         self.pid = pid
         self.regions = regions
@@ -85,6 +86,7 @@ class LazyDaemon:
         self.push_source = push_source or fault_source
         self.fault_around = max(1, fault_around)
         self.push_delay = push_delay
+        self.stall_timeout = stall_timeout
         self.stats = LazyStats()
         self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[None] = self._loop.create_future()
@@ -259,11 +261,15 @@ class LazyDaemon:
     async def _push_all(self) -> None:
         if self.push_delay:
             await asyncio.sleep(self.push_delay)
+        stream = aiter(self.push_source.stream())
         try:
-            async for vaddr, data in self.push_source.stream():
-                if self._closed or self._gone:
-                    return
-                await self._push_block(vaddr, data)
+            while True:
+                # A stalled stream must not hold the daemon forever.
+                async with asyncio.timeout(self.stall_timeout):
+                    item = await anext(stream, None)
+                if item is None or self._closed or self._gone:
+                    break
+                await self._push_block(*item)
                 self._check_complete()
                 await asyncio.sleep(0)   # faults first
         except Exception as exc:  # the stream is an optimisation: page requests still work

@@ -70,7 +70,8 @@ async def lazy_memory(ctx: RestoreContext) -> int:
         if vma.start in lazy:
             regions.add(vma.start, vma.end, [(b.vaddr, b.nr_pages) for b in lazy[vma.start]])
     daemon = ctx.daemon = LazyDaemon(fd, ctx.pid, regions, ctx.source, ctx.push_source,
-                                     ctx.opts.fault_around, ctx.opts.push_delay)
+                                     ctx.opts.fault_around, ctx.opts.push_delay,
+                                     ctx.opts.lazy_timeout)
     daemon.start()   # serving before REGISTER: the kernel may touch these pages itself
     for region in regions:
         uffd.register_missing(fd, region.start, region.end - region.start)
