@@ -2,7 +2,8 @@
 
 Workloads are started with stdin/stdout to /dev/null and stderr to a file, in
 their own session. Every process a test starts is recorded and killed at
-teardown, including the restored ones: those have the same PID but are no
+teardown (and so is any process whose command line names the test's
+directory), including the restored ones: those have the same PID but are no
 longer our children (lazarus forked them and, with -d, went away), so they
 are killed by PID and polled in /proc until gone or a zombie (PID 1 reaps
 those). A PID is only ever killed if its command line still names the test's
@@ -152,18 +153,18 @@ def show_json(images: Path) -> dict[str, object]:
     return data
 
 
-def image_fds(images: Path) -> list[dict[str, object]]:
-    """The fds of the (single) process of an image, as `lazarus show --json` lists them."""
-    procs = show_json(images)["processes"]
+def image_fds(desc: dict[str, object]) -> list[dict[str, object]]:
+    """The fds of the (single) process of an image, from its `lazarus show --json`."""
+    procs = desc["processes"]
     assert isinstance(procs, list) and len(procs) == 1
     fds = procs[0]["fds"]
     assert isinstance(fds, list)
     return fds
 
 
-def fd_pos(images: Path, path: Path) -> int:
-    """The file offset the image recorded for the fd open on ``path``."""
-    for f in image_fds(images):
+def fd_pos(desc: dict[str, object], path: Path) -> int:
+    """The file offset the image (its `lazarus show --json`) recorded for the fd on ``path``."""
+    for f in image_fds(desc):
         if f["path"] == str(path):
             pos = f["pos"]
             assert isinstance(pos, int)
@@ -296,10 +297,13 @@ class Procs:
                     w.popen.wait(KILL_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     problems.append(f"workload PID {w.pid} survived SIGKILL")
+        # Anything else naming our directory: helpers, children, lazarus itself.
+        pids += [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()
+                 and int(d) not in pids and self.is_ours(int(d))]
         for pid in pids:
             # Restored processes and their children: not ours to wait for.
             for kid in children(pid):
-                if self.is_ours(kid):
+                if self.is_ours(kid) and kid not in pids:
                     pids.append(kid)
             if proc_state(pid) in (None, "Z", "X") or not self.is_ours(pid):
                 continue

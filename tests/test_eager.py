@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import (
     LAZARUS,
     PYTHON,
+    TESTS,
     WORKLOADS,
     Procs,
     assert_exact,
@@ -75,20 +76,26 @@ def assert_restored(pid: int, expected_pid: int, out: Path | None) -> None:
 # ------------------------------------------------------------------ counters
 
 
-@pytest.mark.parametrize("compress", ["lz4", "none"])
-def test_python_counter_goes_on(procs: Procs, tmp_path: Path, compress: str) -> None:
+@pytest.mark.parametrize("compress, append", [("lz4", True), ("none", True), ("lz4", False)],
+                         ids=["lz4", "none", "lz4-no-append"])
+def test_python_counter_goes_on(procs: Procs, tmp_path: Path, compress: str,
+                                append: bool) -> None:
+    """Dump (which kills), restore -d: same PID, the counter goes on with no gap, no repeat.
+
+    Without O_APPEND the restored file offset alone decides where writes land.
+    """
     out = tmp_path / "counter.txt"
     images = tmp_path / "img"
-    w = procs.python("counter", str(out))
+    w = procs.python("counter", str(out), *([] if append else ["--no-append"]))
     wait_lines(out, 5)
 
     dump(w, images, "--compress", compress)
     assert not is_alive(w.pid), "dump without --leave-running must kill the target"
     at_dump = read_counter(out)
     assert_exact(at_dump)
-    # The image recorded the file offset, and nothing was written after it.
-    assert fd_pos(images, out) == out.stat().st_size
     desc = show_json(images)
+    # The image recorded the file offset, and nothing was written after it.
+    assert fd_pos(desc, out) == out.stat().st_size
     assert desc["compression"] == compress
     assert desc["root_pid"] == w.pid
     assert leftovers(images) == []
@@ -100,9 +107,8 @@ def test_python_counter_goes_on(procs: Procs, tmp_path: Path, compress: str) -> 
     pid = restore_detached(images, tmp_path / "pid")
     assert_restored(pid, w.pid, out)
     time.sleep(RUN_AFTER_RESTORE)
-    values = read_counter(out)
-    assert_exact(values)
-    assert len(values) >= len(at_dump) + 4, "the restored counter barely moved"
+    wait_lines(out, len(at_dump) + 5)   # ~10 by now; bounded in case the machine is slow
+    assert_exact(read_counter(out))
     assert is_alive(pid)
 
 
@@ -122,7 +128,7 @@ def test_bash_builtin_loop_goes_on(procs: Procs, tmp_path: Path) -> None:
     at_dump = read_counter(out)
     assert_exact(at_dump)
     key = f"pipe:[{pipe_ino}]"
-    fd3 = [f for f in image_fds(images) if f["fd"] == 3]
+    fd3 = [f for f in image_fds(show_json(images)) if f["fd"] == 3]
     assert fd3 and fd3[0]["kind"] == "PIPE" and fd3[0]["path"] == key, fd3
 
     # A pipe whose write end we keep open: read -t on it times out as before.
@@ -138,12 +144,13 @@ def test_bash_builtin_loop_goes_on(procs: Procs, tmp_path: Path) -> None:
         assert str(out) in cmdline(pid), cmdline(pid)
         assert os.stat(f"/proc/{pid}/fd/3").st_ino == os.fstat(r).st_ino, (
             "fd 3 of the restored bash is not the pipe given with --inherit-fd")
+        t0 = time.monotonic()
         time.sleep(RUN_AFTER_RESTORE)
-        values = read_counter(out)
+        values = wait_lines(out, len(at_dump) + 5)
+        rate = (len(values) - len(at_dump)) / (time.monotonic() - t0)
         assert_exact(values)
-        new = len(values) - len(at_dump)
-        # ~10 expected; on /dev/null `read -t` would return at once and spin.
-        assert 4 <= new <= 60, f"{new} values in {RUN_AFTER_RESTORE} s after restore"
+        # ~20/s with the 50 ms delay; on /dev/null `read -t` returns at once and spins.
+        assert rate < 60, f"{rate:.0f} values/s after restore: the delay pipe is not working"
         assert is_alive(pid)
     finally:
         os.close(r)
@@ -159,7 +166,7 @@ def test_dump_restore_twice_in_a_row(procs: Procs, tmp_path: Path) -> None:
         dump(w, images)
         before = read_counter(out)
         assert_exact(before)
-        assert fd_pos(images, out) == out.stat().st_size
+        assert fd_pos(show_json(images), out) == out.stat().st_size
         pid = restore_detached(images, tmp_path / f"pid{cycle}")
         assert_restored(pid, w.pid, out)
         wait_lines(out, len(before) + 5)
@@ -178,11 +185,12 @@ def test_leave_running(procs: Procs, tmp_path: Path) -> None:
     # The original runs on unharmed: not stopped, not traced, counting exactly.
     assert is_alive(w.pid) and proc_state(w.pid) != "T"
     assert tracer_pid(w.pid) == 0
-    pos = fd_pos(images, out)
+    desc = show_json(images)
+    assert desc["leave_running"] is True
+    pos = fd_pos(desc, out)
     wait_lines(out, len(read_counter(out)) + 8)
     original = read_counter(out)
     assert_exact(original)
-    assert show_json(images)["leave_running"] is True
 
     assert w.popen is not None
     w.popen.kill()
@@ -321,13 +329,16 @@ def test_pending_signal_survives(procs: Procs, tmp_path: Path) -> None:
 def test_interval_timer_survives(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "signals.txt"
     images = tmp_path / "img"
-    w = procs.python("signals", str(out), "itimer", "1.0")
+    w = procs.python("signals", str(out), "itimer", "1.5")
     wait_until(lambda: out.exists() and out.read_text() == "ready\n", 10.0, "signals ready")
+    armed = time.monotonic()
     dump(w, images)
+    if out.read_text() != "ready\n":
+        pytest.skip("this machine is too slow: the timer fired before the dump")
     pid = restore_detached(images, tmp_path / "pid")
     assert pid == w.pid
-    # Armed for 1 s after start; the dump and restore took well under that.
-    deadline = time.monotonic() + 2.0
+    # Due 1.5 s after "ready": wait for it until a second after that.
+    deadline = armed + 2.5
     while "alarm" not in out.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert out.read_text() == "ready\nalarm\n", "SIGALRM never came after restore"
@@ -337,7 +348,12 @@ def test_interval_timer_survives(procs: Procs, tmp_path: Path) -> None:
 
 
 def test_long_sleep_is_restarted(procs: Procs, tmp_path: Path) -> None:
-    """Dumped in the middle of time.sleep(3): after restore it still ends 3 s after it began."""
+    """Dumped in the middle of time.sleep(3): after restore it still ends 3 s after it began.
+
+    The workload stamps CLOCK_MONOTONIC, which this test shares, before and
+    after the sleep. Cut short, the sleep would end at the restore (~1.5 s in);
+    restarted from scratch, 3 s after the restore (~4.5 s in).
+    """
     out = tmp_path / "sleep.txt"
     images = tmp_path / "img"
     w = procs.python("sleeper", str(out), "3")
@@ -350,15 +366,40 @@ def test_long_sleep_is_restarted(procs: Procs, tmp_path: Path) -> None:
     dump(w, images)
     time.sleep(0.5)
     pid = restore_detached(images, tmp_path / "pid")
+    restored_at = time.monotonic()
     assert pid == w.pid
     wait_until(lambda: "done" in out.read_text(), 8.0, "the sleeper to finish")
+    assert out.read_text().endswith("tick 4\ndone\n")
 
     lines = out.read_text().split()
     fields = dict(zip(lines[0::2], lines[1::2], strict=False))
-    slept = float(fields["end"]) - float(fields["start"])
-    # Cut short: ~1.3 s. Restarted from scratch: >= 4.3 s.
-    assert 2.95 <= slept <= 3.5, f"time.sleep(3) took {slept:.3f} s across dump and restore"
-    assert out.read_text().endswith("tick 4\ndone\n")
+    start, end = float(fields["start"]), float(fields["end"])
+    due = start + 3.0
+    assert end >= due, f"time.sleep(3) was cut short: it took {end - start:.3f} s"
+    # On time; or, if this machine was so slow that the restore came after the
+    # sleep was due, right after the restore. Never a whole new 3 s.
+    assert end <= max(due, restored_at) + 1.0, (
+        f"time.sleep(3) took {end - start:.3f} s, restored {restored_at - start:.3f} s in: "
+        "restarted from scratch?")
+
+
+# ------------------------------------------------------------------ robustness
+
+
+@pytest.mark.xfail(strict=True, reason="LAZARUS BUG: the clone3 restore helper runs Python "
+                   "code before execve and deadlocks on the GIL hand-off if another thread "
+                   "asked for the GIL (restore then fails after 5 s with a TraceError "
+                   "traceback); seen under load in test_dump_restore_twice_in_a_row")
+def test_restore_helper_survives_gil_contention(procs: Procs, tmp_path: Path) -> None:
+    """The helper child that becomes the restored process must reach execve whatever
+    the other threads of lazarus are doing (see tests/workloads/clone_race.py)."""
+    try:
+        res = subprocess.run([PYTHON, str(WORKLOADS / "clone_race.py"), "30", str(tmp_path)],
+                             cwd=TESTS.parent, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("clone_race.py did not finish within 60 s")
+    assert res.returncode == 0, f"{res.stdout.strip()} {res.stderr.strip()}"
 
 
 # ------------------------------------------------------------------ memory

@@ -8,6 +8,7 @@ Options for the tests of limits and of exit status:
   --thread                         run a second (sleeping) thread
   --child                          fork a child that lives as long as we do
   --socket                         hold a socketpair open
+  --no-append                      write through a plain O_WRONLY fd (its offset matters)
   --quirks                         change comm, umask, an rlimit, signal dispositions
                                    and mask, so that restore must put them all back
 """
@@ -54,6 +55,7 @@ def main() -> int:
     p.add_argument("--child", action="store_true")
     p.add_argument("--socket", action="store_true")
     p.add_argument("--quirks", action="store_true")
+    p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
 
     if args.quirks:
@@ -68,7 +70,8 @@ def main() -> int:
         if os.fork() == 0:
             keep_child_alive(parent)
 
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    mode = os.O_TRUNC if args.no_append else os.O_APPEND
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o644)
     i = 0
     while True:
         if args.exit_flag and os.path.exists(args.exit_flag):
