@@ -288,6 +288,7 @@ class PageClient:
         self._write_paused = False
         self._writers: list[asyncio.Future[None]] = []
         self._paused_by: set[_StreamReply] = set()
+        self._reading_paused = False
 
     @property
     def bytes_received(self) -> int:
@@ -423,6 +424,8 @@ class PageClient:
             raise ProtocolError(f"unexpected {type(ev).__name__}")
         if done:
             del self._pending[rid]
+            if self._paused_by:
+                self._update_reading()
 
     def _eof(self) -> None:
         first = self.conn.decoder.peek()
@@ -493,6 +496,8 @@ class PageClient:
         rid = self._new_id()
         self._pending[rid] = pending
         self._send(self.conn.send_request(rid, request))
+        if self._reading_paused:
+            self._update_reading()
         return rid
 
     def _cancel(self, rid: int) -> None:
@@ -500,6 +505,8 @@ class PageClient:
         if self._pending.pop(rid, None) is not None and self._error is None \
                 and not self._closing and self.transport is not None:
             self._send(self.conn.send_request(rid, wire.Request(cancel=wire.Cancel())))
+            if self._paused_by:
+                self._update_reading()
 
     async def _wait(self, rid: int, pending: _Pending) -> object:
         try:
@@ -527,16 +534,30 @@ class PageClient:
                     w.exception()
 
     def _pause(self, stream: _StreamReply) -> None:
-        if not self._paused_by and self.transport is not None:
-            self.transport.pause_reading()
+        """A stream's queue is full: stop reading (unless other requests wait)."""
         self._paused_by.add(stream)
+        self._update_reading()
 
     def _resume(self, stream: _StreamReply) -> None:
         if stream in self._paused_by:
             self._paused_by.discard(stream)
-            if not self._paused_by and self.transport is not None \
-                    and not self.transport.is_closing():
-                self.transport.resume_reading()
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read unless a full stream queue says stop. Never stop while any other
+        request waits for its reply: its frames may be behind the stream's, and
+        whoever would drain the stream may be waiting for that very reply."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        stop = bool(self._paused_by) and all(
+            isinstance(p, _StreamReply) for p in self._pending.values())
+        if stop != self._reading_paused:
+            self._reading_paused = stop
+            if stop:
+                t.pause_reading()
+            else:
+                t.resume_reading()
 
     # -- requests
 

@@ -143,10 +143,16 @@ class _Session(asyncio.BufferedProtocol):
                  self.bytes_out, self.pages_served, self.conn.decoder.bytes_received)
 
     def pause_writing(self) -> None:
+        # A client that does not read its replies stops being read: without
+        # this, one sending requests and never reading would fill our memory.
         self._paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
         self._wake(None)
 
     # -- plumbing

@@ -334,6 +334,30 @@ def test_stream_stopped_early_leaves_the_connection_usable(server: ServerProc,
     run(main())
 
 
+def test_page_requests_go_on_while_a_stream_is_not_consumed(server: ServerProc,
+                                                             images: Path) -> None:
+    """A stream nobody reads (its queue full) must not hold up page requests on the
+    same connection: the consumer may well be waiting for one of them."""
+    whole = expected_pages(images / "alpha", ALPHA_PID, BASE, 2000)
+
+    async def main() -> None:
+        c = await server.connect()
+        try:
+            stream = c.stream_pages("alpha", ALPHA_PID)
+            first = await stream.__anext__()
+            await asyncio.sleep(0.2)           # the rest of the stream arrives, unread
+            for f in range(0, 2000, 97):
+                n = min(64, 2000 - f)
+                got = await asyncio.wait_for(
+                    c.get_pages("alpha", ALPHA_PID, BASE + f * PAGE_SIZE, n), 10)
+                assert got == whole[f * PAGE_SIZE : (f + n) * PAGE_SIZE]
+            rest = {v: d async for v, d in stream}
+            assert {first[0]: first[1], **rest} == expected_blocks(images / "alpha", ALPHA_PID)
+        finally:
+            await c.close()
+    run(main())
+
+
 @pytest.mark.parametrize("vaddr, nr_pages, code", [
     (BASE - PAGE_SIZE, 1, "OUT_OF_RANGE"),               # below the first VMA
     (BASE + 1990 * PAGE_SIZE, 20, "OUT_OF_RANGE"),       # runs off the end of a VMA
