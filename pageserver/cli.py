@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .client import parse_hostport
-from .server import PageServer, ServerError, format_addr
+from .server import HELLO_TIMEOUT, PageServer, ServerError, format_addr
 
 T = TypeVar("T")
 log = logging.getLogger("pageserver")
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--no-lz4", action="store_true",
                    help="never send lz4-compressed pages, even to clients that accept them")
+    p.add_argument("--hello-timeout", type=float, default=HELLO_TIMEOUT, metavar="SECONDS",
+                   help=f"drop a client that has not said hello by then"
+                        f" (default {HELLO_TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -107,13 +110,14 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 
 async def _serve(images: Path, listen: list[tuple[str, int]], token: str | None,
-                 ctx: ssl.SSLContext | None, lz4: bool) -> int:
+                 ctx: ssl.SSLContext | None, lz4: bool, hello_timeout: float) -> int:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = PageServer(images, token=token, ssl_context=ctx, lz4=lz4)
+    server = PageServer(images, token=token, ssl_context=ctx, lz4=lz4,
+                        hello_timeout=hello_timeout)
     try:
         addresses = await server.start(listen)
     except ServerError as e:
@@ -148,13 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 listen.append(parse_hostport(value))
             except ValueError as e:
                 raise UsageError(f"--listen {e}") from None
+        if not args.hello_timeout > 0:
+            raise UsageError("--hello-timeout must be more than 0")
         token = _read_token(args.token_file) if args.token_file else None
         ctx = _tls(args.tls_cert, args.tls_key)
     except UsageError as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1
     try:
-        return _run(_serve(images, listen, token, ctx, not args.no_lz4))
+        return _run(_serve(images, listen, token, ctx, not args.no_lz4, args.hello_timeout))
     except KeyboardInterrupt:
         return 0
 

@@ -102,7 +102,7 @@ class _Session(asyncio.BufferedProtocol):
                 pass
         self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self.server.sessions.add(self)
-        self._timer = self.loop.call_later(HELLO_TIMEOUT, self._hello_timeout)
+        self._timer = self.loop.call_later(self.server.hello_timeout, self._hello_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conn.get_buffer()
@@ -208,7 +208,7 @@ class _Session(asyncio.BufferedProtocol):
 
     def _hello_timeout(self) -> None:
         if self.conn.hello is None:
-            self.drop(f"no hello within {HELLO_TIMEOUT:.0f} s")
+            self.drop(f"no hello within {self.server.hello_timeout:g} s")
 
     def _shutdown(self) -> None:
         if self.closed:
@@ -482,8 +482,10 @@ class PageServer:
     """Serves the image directories under ``images`` (see the module docstring)."""
 
     def __init__(self, images: Path, *, token: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None, lz4: bool = True) -> None:
+                 ssl_context: ssl.SSLContext | None = None, lz4: bool = True,
+                 hello_timeout: float = HELLO_TIMEOUT) -> None:
         self.catalog = Catalog(images)
+        self.hello_timeout = hello_timeout
         self.token = token
         self.ssl_context = ssl_context
         self.lz4 = lz4

@@ -824,6 +824,19 @@ def test_bad_frames_drop_only_that_connection(server: ServerProc, images: Path,
     assert server.alive()
 
 
+def test_silent_client_is_dropped_after_the_hello_timeout(start_server: Any,
+                                                          images: Path) -> None:
+    s = start_server(images, "--hello-timeout", "0.5")
+    sock = raw_socket(s, hello=False)
+    try:
+        t0 = time.monotonic()
+        assert wait_dropped(sock) == b""
+        assert time.monotonic() - t0 < 5
+    finally:
+        sock.close()
+    s.wait_log(r"dropped \(no hello within 0.5 s\)")
+
+
 def test_protocol_version_mismatch_is_refused_clearly(server: ServerProc) -> None:
     """A hello from a newer client gets an error reply saying which versions, then a close."""
     hello = wire.ClientHello(protocol_version=PROTOCOL_VERSION + 1)
