@@ -3,14 +3,60 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
+from collections.abc import Callable
 from ctypes import addressof, sizeof
 
 from core.kernel import constants as K
-from core.kernel.libc import py_syscall, syscall, syscall_args
+from core.kernel.libc import syscall
 from core.kernel.structs import CloneArgs
 
 HELPER_EXE = "/bin/true"
+
+
+# The child of clone3 must not run Python: lazarus is multi-threaded (event
+# loop, tracer), and another thread may hold the malloc or GIL-adjacent locks
+# at the instant of the clone. So the clone and everything the child does run
+# in these few instructions, called as
+#   long spawn(clone_args *args, size_t size, char *path, char **argv, char **envp)
+# child: ptrace(PTRACE_TRACEME); execve(path, argv, envp); exit_group(127).
+# parent: returns clone3's result (child pid or -errno).
+_SPAWN_CODE = bytes.fromhex(
+    "4989d1"        # mov r9, rdx        path
+    "4989ca"        # mov r10, rcx       argv
+    "b8b3010000"    # mov eax, 435       clone3(rdi=args, rsi=size)
+    "0f05"          # syscall
+    "4885c0"        # test rax, rax
+    "7525"          # jnz parent (+37)
+    "b865000000"    # mov eax, 101       ptrace(PTRACE_TRACEME)
+    "31ff"          # xor edi, edi
+    "0f05"          # syscall
+    "b83b000000"    # mov eax, 59        execve(path, argv, envp)
+    "4c89cf"        # mov rdi, r9
+    "4c89d6"        # mov rsi, r10
+    "4c89c2"        # mov rdx, r8
+    "0f05"          # syscall
+    "b8e7000000"    # mov eax, 231       exit_group(127)
+    "bf7f000000"    # mov edi, 127
+    "0f05"          # syscall
+    "c3"            # parent: ret
+)
+_SpawnFn = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                            ctypes.c_void_p, ctypes.c_void_p)
+_spawn_page: mmap.mmap | None = None
+_spawn: Callable[..., int] | None = None
+
+
+def _spawn_fn() -> Callable[..., int]:
+    global _spawn_page, _spawn
+    if _spawn is None:
+        _spawn_page = mmap.mmap(-1, mmap.PAGESIZE,
+                                prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        _spawn_page.write(_SPAWN_CODE)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(_spawn_page))
+        _spawn = _SpawnFn(addr)
+    return _spawn
 
 
 def clone_traced_helper(pid: int, exe: str = HELPER_EXE) -> int:
@@ -25,21 +71,11 @@ def clone_traced_helper(pid: int, exe: str = HELPER_EXE) -> int:
     path = ctypes.create_string_buffer(exe.encode())
     argv = (ctypes.c_void_p * 2)(addressof(path), None)
     envp = (ctypes.c_void_p * 1)(None)
-    # Everything the child touches is built before the clone: the child is a
-    # copy of a multi-threaded process and must not allocate or take locks.
-    a_clone = syscall_args((K.SYS_CLONE3, addressof(args), sizeof(args)))
-    a_traceme = syscall_args((K.SYS_PTRACE, K.PTRACE_TRACEME, 0, 0, 0))
-    a_exec = syscall_args((K.SYS_EXECVE, addressof(path), addressof(argv), addressof(envp)))
-    a_exit = syscall_args((K.SYS_EXIT_GROUP, 127))
-    ret = py_syscall(*a_clone)
-    if ret == 0:
-        py_syscall(*a_traceme)
-        py_syscall(*a_exec)
-        py_syscall(*a_exit)
+    ret = int(_spawn_fn()(addressof(args), sizeof(args), addressof(path), addressof(argv),
+                          addressof(envp)))
     if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(ret)
+        raise OSError(-ret, os.strerror(-ret))
+    return ret
 
 
 def pidfd_open(pid: int) -> int:
