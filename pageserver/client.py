@@ -34,6 +34,7 @@ from .protocol import (
     MAGIC,
     MAX_REQUEST_PAGES,
     PAGE_SIZE,
+    PROTOCOL_VERSION,
     BadMagic,
     ClientConnection,
     CorruptPages,
@@ -354,7 +355,7 @@ class PageClient:
                     " is it a TLS server?)") from None
             raise PageServerError(
                 f"cannot connect to page server {self.where}: {e.strerror or e}") from None
-        except PageServerError:
+        except BaseException:       # PageServerError, or the caller cancelled us
             self._abort()
             raise
         return self
@@ -380,7 +381,7 @@ class PageClient:
         except VersionMismatch as e:
             self._fatal(PageServerError(
                 f"page server {self.where} speaks protocol version {e.version},"
-                f" this client speaks {e.args[0].split()[-1]}"))
+                f" this client speaks {PROTOCOL_VERSION}"))
         except CorruptPages as e:
             self._fatal(PageServerError(f"page server {self.where}: corrupted pages: {e}"))
         except BadMagic as e:
@@ -402,7 +403,9 @@ class PageClient:
             if not self._hello.done():
                 self._hello.set_result(None)
             return
-        rid = ev.request_id  # type: ignore[union-attr]
+        if not isinstance(ev, (ResponseReceived, PagesReceived, DataReceived)):
+            raise ProtocolError(f"unexpected {type(ev).__name__}")
+        rid = ev.request_id
         if rid == 0 and isinstance(ev, ResponseReceived):
             err = ev.response.error
             msg = err.message or "closed the connection"
@@ -418,10 +421,8 @@ class PageClient:
             done = pending.response(ev)
         elif isinstance(ev, PagesReceived):
             done = pending.pages(ev)
-        elif isinstance(ev, DataReceived):
-            done = pending.data(ev)
         else:
-            raise ProtocolError(f"unexpected {type(ev).__name__}")
+            done = pending.data(ev)
         if done:
             del self._pending[rid]
             if self._paused_by:
