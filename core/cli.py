@@ -70,10 +70,11 @@ def cmd_dump(args: argparse.Namespace) -> int:
     for w in ctx.warnings:
         log.warning("%s", w)
     if args.stats:
-        proc = ctx.proc
-        stored = sum(b.length for b in proc.pages)
-        print(f"dump of PID {opts.pid}: {proc.pages_bytes / 1e6:.1f} MB of pages, "
-              f"{stored / 1e6:.1f} MB stored", file=sys.stderr)
+        procs = [p.proc for p in ctx.procs.values()]
+        stored = sum(b.length for proc in procs for b in proc.pages)
+        raw = sum(proc.pages_bytes for proc in procs)
+        print(f"dump of PID {opts.pid} ({len(procs)} process(es)): {raw / 1e6:.1f} MB of "
+              f"pages, {stored / 1e6:.1f} MB stored", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
     return 0
 

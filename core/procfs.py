@@ -68,6 +68,7 @@ class Stat:
     arg_end: int
     env_start: int
     env_end: int
+    exit_code: int
 
 
 def read_stat(pid: int) -> Stat:
@@ -79,7 +80,7 @@ def read_stat(pid: int) -> Stat:
         return int(rest[n - 3])
 
     return Stat(comm, rest[0], f(4), f(5), f(6), f(9), f(20), f(26), f(27), f(28),
-                f(45), f(46), f(47), f(48), f(49), f(50), f(51))
+                f(45), f(46), f(47), f(48), f(49), f(50), f(51), f(52))
 
 
 def read_status(pid: int) -> dict[str, str]:

@@ -47,7 +47,8 @@ async def write_image(ctx: DumpContext) -> None:
     inv.compression = "lz4" if ctx.opts.compress else "none"
     inv.page_size = PAGE_SIZE
     inv.leave_running = ctx.opts.leave_running
-    ctx.writer.write_process(ctx.proc)
+    for p in ctx.procs.values():
+        ctx.writer.write_process(p.proc)
     ctx.writer.write_inventory(inv)
     ctx.writer.commit()
     return None
@@ -57,13 +58,16 @@ def finish_sync(ctx: DumpContext) -> None:
     if ctx.opts.leave_running:
         thaw(ctx)
         return
-    os.kill(ctx.pid, signal.SIGKILL)
+    for p in ctx.procs.values():
+        if not p.proc.zombie:
+            os.kill(p.pid, signal.SIGKILL)
     # As their tracer we see each thread die first; the real parent can reap
-    # the process only after (the leader is reported last).
-    tids = sorted(ctx.threads, key=lambda t: t == ctx.pid)
-    ctx.threads.clear()
-    for tid in tids:
-        pt.wait(tid, KILL_TIMEOUT)
+    # a process only after (its leader is reported last).
+    for p in ctx.procs.values():
+        tids = sorted(p.threads, key=lambda t: t == p.pid)
+        p.threads.clear()
+        for tid in tids:
+            pt.wait(tid, KILL_TIMEOUT)
 
 
 async def finish(ctx: DumpContext) -> None:

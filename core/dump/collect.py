@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import stat as st
 import struct
 
 from core import procfs
-from core.dump.context import DumpContext
+from core.dump.context import DumpContext, ProcDump
 from core.errors import LazarusError
 from core.images import pb
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.inject import Injector
-from core.kernel.libc import MASK64, to_signed
+from core.kernel.libc import MASK64, syscall, to_signed
 from core.kernel.memory import ProcMem
 from core.kernel.process import get_robust_list
 from core.kernel.structs import KernelSigaction
@@ -25,6 +26,8 @@ TTY_MAJORS = {4, 5} | set(range(136, 144))
 DEV_NULL_RDEV = os.makedev(1, 3)
 RLIMITS = range(16)
 ALL_SIGNALS = MASK64
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+SPLICE_F_NONBLOCK = 2
 ITIMERS = (0, 1, 2)   # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 
 
@@ -83,7 +86,7 @@ def collect_fds(pid: int) -> list[pb.FileDesc]:
     return out
 
 
-def collect_by_injection(ctx: DumpContext, maps: list[procfs.MapEntry],
+def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
                          threads: dict[int, pb.ThreadState]) -> None:
     """What can only be read from inside: sigactions, brk and timers from the
     process; clear-tid address and alternate signal stack from each thread."""
@@ -164,7 +167,7 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
     return out
 
 
-def collect_sync(ctx: DumpContext) -> None:
+def collect_process(ctx: ProcDump) -> None:
     pid = ctx.pid
     proc = ctx.proc
     stat = procfs.read_stat(pid)
@@ -216,10 +219,67 @@ def collect_sync(ctx: DumpContext) -> None:
     maps = procfs.read_maps(pid)
     proc.vmas.extend(classify_vma(m) for m in maps)
 
+    proc.vdso_size = sum(m.end - m.start for m in maps if m.path in VDSO_NAMES)
+
+
+def queued_bytes(pid: int, fd: int) -> tuple[bytes, int]:
+    """What a pipe holds, read without taking it: tee(2) copies it into a pipe
+    of ours. Also the pipe's capacity."""
+    src = os.open(procfs.proc(pid, "fd", str(fd)), os.O_RDONLY | os.O_NONBLOCK)
+    r, w = os.pipe()
+    try:
+        capacity = fcntl.fcntl(src, F_GETPIPE_SZ)
+        fcntl.fcntl(w, F_SETPIPE_SZ, capacity)
+        try:
+            n = _tee(src, w, capacity)
+        except BlockingIOError:   # empty
+            n = 0
+        data = os.read(r, n) if n else b""
+        return data, capacity
+    finally:
+        for f in (src, r, w):
+            os.close(f)
+
+
+def _tee(src: int, dst: int, size: int) -> int:
+    return syscall(K.SYS_TEE, src, dst, size, SPLICE_F_NONBLOCK)
+
+
+def find_internal_pipes(ctx: DumpContext) -> None:
+    """A pipe with a read end and a write end inside the tree is the tree's own:
+    restored with its queued bytes. Any other pipe came from outside."""
+    ends: dict[int, set[int]] = {}
+    holder: dict[int, tuple[int, int]] = {}
+    for p in ctx.procs.values():
+        for fd in p.proc.fds:
+            if fd.kind == pb.FileDesc.PIPE and fd.path.startswith("pipe:["):
+                fd.pipe_ino = int(fd.path[6:-1])
+                ends.setdefault(fd.pipe_ino, set()).add(fd.flags & K.O_ACCMODE)
+                if fd.flags & K.O_ACCMODE in (K.O_RDONLY, K.O_RDWR):
+                    holder.setdefault(fd.pipe_ino, (p.pid, fd.fd))
+    internal = {ino for ino, modes in ends.items()
+                if K.O_RDWR in modes or {K.O_RDONLY, K.O_WRONLY} <= modes}
+    for p in ctx.procs.values():
+        for fd in p.proc.fds:
+            fd.internal = fd.pipe_ino in internal
+    for ino in sorted(internal):
+        data, capacity = queued_bytes(*holder[ino])
+        ctx.inventory.pipes.append(pb.PipeData(ino=ino, data=data, capacity=capacity))
+
+
+def collect_sync(ctx: DumpContext) -> None:
+    for p in ctx.procs.values():
+        if p.proc.zombie:
+            p.proc.pid = p.pid
+            stat = procfs.read_stat(p.pid)
+            p.proc.ppid, p.proc.pgid, p.proc.sid = stat.ppid, stat.pgrp, stat.session
+        else:
+            collect_process(p)
+    find_internal_pipes(ctx)
     inv = ctx.inventory
-    inv.root_pid = pid
-    inv.pids.append(pid)
-    inv.vdso_size = sum(m.end - m.start for m in maps if m.path in VDSO_NAMES)
+    inv.root_pid = ctx.pid
+    inv.pids.extend(ctx.procs)
+    inv.vdso_size = ctx.root.proc.vdso_size
 
 
 async def collect(ctx: DumpContext) -> None:

@@ -29,12 +29,24 @@ class FrozenThread:
 
 
 @dataclass
+class ProcDump:
+    """One process of the dumped tree."""
+
+    pid: int
+    threads: dict[int, FrozenThread] = field(default_factory=dict)   # seized, by tid
+    proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
+
+    @property
+    def leader(self) -> FrozenThread:
+        return self.threads[self.pid]
+
+
+@dataclass
 class DumpContext:
     opts: DumpOptions
     tracer: Tracer
     writer: ImageWriter | None = None
-    threads: dict[int, FrozenThread] = field(default_factory=dict)   # seized, by tid
-    proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
+    procs: dict[int, ProcDump] = field(default_factory=dict)   # the tree, parents first
     inventory: pb.Inventory = field(default_factory=pb.Inventory)
     warnings: list[str] = field(default_factory=list)
 
@@ -43,9 +55,5 @@ class DumpContext:
         return self.opts.pid
 
     @property
-    def leader(self) -> FrozenThread:
-        return self.threads[self.pid]
-
-    @property
-    def seized(self) -> bool:
-        return bool(self.threads)
+    def root(self) -> ProcDump:
+        return self.procs[self.pid]

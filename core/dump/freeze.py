@@ -7,7 +7,7 @@ import logging
 import os
 
 from core import procfs
-from core.dump.context import DumpContext, FrozenThread
+from core.dump.context import DumpContext, FrozenThread, ProcDump
 from core.errors import LazarusError
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
@@ -39,11 +39,6 @@ def check_target(pid: int) -> None:
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise LazarusError(f"PID {pid} is already traced by PID {tracer}")
-    kids = procfs.children(pid)
-    if kids:
-        raise LazarusError(
-            f"PID {pid} has child processes ({', '.join(map(str, kids[:5]))}): process trees "
-            "are not supported yet")
 
 
 def seize(pid: int, tid: int) -> bool:
@@ -73,32 +68,62 @@ def stop(tid: int) -> tuple[pt.Regs, int] | None:
     raise LazarusError(f"thread {tid} keeps receiving signals: could not freeze it")
 
 
-def freeze_sync(ctx: DumpContext) -> None:
+def freeze_process(p: ProcDump) -> None:
     """Seize and stop every thread; threads born meanwhile are caught by listing
     again until a listing shows no new one (stopped threads cannot clone)."""
-    pid = ctx.pid
+    pid = p.pid
     while True:
-        new = [t for t in procfs.list_tids(pid) if t not in ctx.threads]
+        new = [t for t in procfs.list_tids(pid) if t not in p.threads]
         if not new:
             break
         for tid in new:
             if seize(pid, tid):
-                ctx.threads[tid] = FrozenThread(tid)
+                p.threads[tid] = FrozenThread(tid)
         for tid in new:
-            if tid not in ctx.threads:
+            if tid not in p.threads:
                 continue
             got = stop(tid)
             if got is None:
                 if tid == pid:
                     raise LazarusError(f"PID {pid} exited while being frozen")
-                del ctx.threads[tid]
+                del p.threads[tid]
                 continue
-            ctx.threads[tid].regs, ctx.threads[tid].sigmask = got
+            p.threads[tid].regs, p.threads[tid].sigmask = got
 
 
-def thaw(ctx: DumpContext) -> None:
-    """Put back the registers and masks found at freeze time and let the threads go."""
-    for t in list(ctx.threads.values()):
+def check_member(pid: int) -> procfs.Stat:
+    """A descendant must be freezable too, or the whole dump is refused."""
+    stat = procfs.read_stat(pid)
+    tracer = int(procfs.read_status(pid).get("TracerPid", "0"))
+    if tracer:
+        raise LazarusError(f"PID {pid} ({stat.comm}) in the tree is traced by PID {tracer}: "
+                           "it cannot be dumped")
+    if stat.state in ("T", "t"):
+        raise LazarusError(f"PID {pid} ({stat.comm}) in the tree is stopped: stopped "
+                           "processes are not supported yet")
+    return stat
+
+
+def freeze_sync(ctx: DumpContext) -> None:
+    """The root, then each frozen process's children: a frozen process cannot
+    fork, so its list of children is final once it is frozen."""
+    queue = [ctx.pid]
+    while queue:
+        pid = queue.pop(0)
+        if pid == os.getpid():
+            raise LazarusError(f"lazarus itself is in the tree of PID {ctx.pid}")
+        stat = procfs.read_stat(pid) if pid == ctx.pid else check_member(pid)
+        p = ctx.procs[pid] = ProcDump(pid)
+        if stat.state in ("Z", "X"):
+            p.proc.zombie = True
+            p.proc.exit_status = stat.exit_code
+            continue
+        freeze_process(p)
+        queue.extend(c for c in procfs.children(pid) if c not in ctx.procs)
+
+
+def thaw_process(p: ProcDump) -> None:
+    for t in list(p.threads.values()):
         try:
             if t.regs is not None:
                 pt.set_regs(t.tid, t.regs)
@@ -106,7 +131,13 @@ def thaw(ctx: DumpContext) -> None:
             pt.detach(t.tid)
         except OSError as exc:
             log.warning("could not release thread %d: %s", t.tid, exc.strerror)
-    ctx.threads.clear()
+    p.threads.clear()
+
+
+def thaw(ctx: DumpContext) -> None:
+    """Put back the registers and masks found at freeze time and let every thread go."""
+    for p in ctx.procs.values():
+        thaw_process(p)
 
 
 async def freeze(ctx: DumpContext) -> None:

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Iterator
 
 from core import procfs
-from core.dump.context import DumpContext
+from core.dump.context import DumpContext, ProcDump
 from core.images import PAGE_SIZE, PageStoreWriter, pb
 from core.kernel.memory import ProcMem
 
@@ -47,16 +47,16 @@ def stored_runs(pagemap_fd: int, vma: pb.Vma) -> Iterator[tuple[int, int]]:
         yield vma.start + run_start * PAGE_SIZE, len(entries) - run_start
 
 
-def dump_memory_sync(ctx: DumpContext) -> int:
+def dump_process_memory(ctx: DumpContext, p: ProcDump) -> int:
     assert ctx.writer is not None
-    pid = ctx.pid
+    pid = p.pid
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
     path = ctx.writer.pages_path(pid)
     pagemap_fd = os.open(procfs.proc(pid, "pagemap"), os.O_RDONLY)
     try:
         with ProcMem(pid) as mem, PageStoreWriter(path, ctx.opts.compress) as store:
-            for vma in ctx.proc.vmas:
+            for vma in p.proc.vmas:
                 if vma.kind not in DUMPED_KINDS:
                     continue
                 for addr, npages in stored_runs(pagemap_fd, vma):
@@ -68,10 +68,14 @@ def dump_memory_sync(ctx: DumpContext) -> int:
                         addr += size
     finally:
         os.close(pagemap_fd)
-    ctx.proc.pages.extend(store.blocks)
-    ctx.proc.pages_file = path.name
-    ctx.proc.pages_bytes = store.bytes_raw
+    p.proc.pages.extend(store.blocks)
+    p.proc.pages_file = path.name
+    p.proc.pages_bytes = store.bytes_raw
     return store.bytes_raw
+
+
+def dump_memory_sync(ctx: DumpContext) -> int:
+    return sum(dump_process_memory(ctx, p) for p in ctx.procs.values() if not p.proc.zombie)
 
 
 async def dump_memory(ctx: DumpContext) -> int:

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running")
+    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class Inventory(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     VDSO_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PIPES_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tool_version: str
     kernel_release: str
@@ -31,7 +32,18 @@ class Inventory(_message.Message):
     page_size: int
     vdso_size: int
     leave_running: bool
-    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ...) -> None: ...
+    pipes: _containers.RepeatedCompositeFieldContainer[PipeData]
+    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ...) -> None: ...
+
+class PipeData(_message.Message):
+    __slots__ = ("ino", "data", "capacity")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    data: bytes
+    capacity: int
+    def __init__(self, ino: _Optional[int] = ..., data: _Optional[bytes] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class Vma(_message.Message):
     __slots__ = ("start", "end", "prot", "kind", "pgoff", "path", "name", "growsdown", "file_size", "file_mtime_ns")
@@ -174,7 +186,7 @@ class Creds(_message.Message):
     def __init__(self, uid: _Optional[int] = ..., euid: _Optional[int] = ..., suid: _Optional[int] = ..., fsuid: _Optional[int] = ..., gid: _Optional[int] = ..., egid: _Optional[int] = ..., sgid: _Optional[int] = ..., fsgid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FileDesc(_message.Message):
-    __slots__ = ("fd", "kind", "path", "flags", "pos", "size")
+    __slots__ = ("fd", "kind", "path", "flags", "pos", "size", "pipe_ino", "internal")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         REGULAR: _ClassVar[FileDesc.Kind]
@@ -193,13 +205,17 @@ class FileDesc(_message.Message):
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     POS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    PIPE_INO_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
     fd: int
     kind: FileDesc.Kind
     path: str
     flags: int
     pos: int
     size: int
-    def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    pipe_ino: int
+    internal: bool
+    def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ..., pipe_ino: _Optional[int] = ..., internal: _Optional[bool] = ...) -> None: ...
 
 class ThreadState(_message.Message):
     __slots__ = ("tid", "regs", "xstate", "sigmask", "rseq", "clear_tid_address", "pending_signals", "robust_list", "robust_list_len", "altstack_sp", "altstack_size", "altstack_flags", "comm")
@@ -232,7 +248,7 @@ class ThreadState(_message.Message):
     def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ..., pending_signals: _Optional[_Iterable[bytes]] = ..., robust_list: _Optional[int] = ..., robust_list_len: _Optional[int] = ..., altstack_sp: _Optional[int] = ..., altstack_size: _Optional[int] = ..., altstack_flags: _Optional[int] = ..., comm: _Optional[str] = ...) -> None: ...
 
 class ProcessImage(_message.Message):
-    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals")
+    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals", "vdso_size", "zombie", "exit_status")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +268,9 @@ class ProcessImage(_message.Message):
     SID_FIELD_NUMBER: _ClassVar[int]
     ITIMERS_FIELD_NUMBER: _ClassVar[int]
     SHARED_PENDING_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    VDSO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ZOMBIE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     comm: str
@@ -271,7 +290,10 @@ class ProcessImage(_message.Message):
     sid: int
     itimers: _containers.RepeatedCompositeFieldContainer[ITimer]
     shared_pending_signals: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    vdso_size: int
+    zombie: bool
+    exit_status: int
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ..., vdso_size: _Optional[int] = ..., zombie: _Optional[bool] = ..., exit_status: _Optional[int] = ...) -> None: ...
 
 class ITimer(_message.Message):
     __slots__ = ("which", "interval_us", "value_us")
