@@ -18,7 +18,7 @@ from core.check import run_checks
 from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
 from core.remote import ServerAddress
-from core.restore.context import RestoreOptions
+from core.restore.context import ProcRestore, RestoreOptions
 from lazy.daemon import LazyError, LazyStats
 
 T = TypeVar("T")
@@ -176,35 +176,49 @@ def format_lazy_stats(resume_seconds: float, lazy: LazyStats, fetched: int, wire
 
 async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
                             detacher: Detacher) -> int:
-    """Restore; in lazy mode keep serving pages until all are in. Returns the PID."""
-    from core.kernel.process import pidfd_open
+    """Restore; in lazy mode keep serving pages until all are in. Returns the root PID."""
     from core.restore import restore
 
     ctx, stats = await restore(opts)
-    for w in ctx.warnings:
+    for w in dict.fromkeys(ctx.warnings):   # once each: a tree repeats inherited fds
         log.warning("%s", w)
+    root = ctx.root
     if args.stats:
-        print(f"restored PID {ctx.proc.pid}", file=sys.stderr)
+        print(f"restored PID {root.pid} ({len(ctx.procs)} process(es))", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
-    detacher.report(f"ok {ctx.pid}\n", args.log_file)
-    if ctx.daemon is not None:
-        pidfd = pidfd_open(ctx.pid)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(pidfd, ctx.daemon.process_gone)
-        try:
-            lazy_stats = await ctx.daemon.wait()
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            for source in (ctx.source, ctx.push_source):
-                if source is not None:
-                    await source.close()
+    detacher.report(f"ok {root.pid}\n", args.log_file)
+    served = [p for p in ctx.live if p.daemon is not None]
+    if served:
+        results = await asyncio.gather(*(serve_pages(p) for p in served),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
         if args.stats:
-            sources = [s for s in (ctx.source, ctx.push_source) if s is not None]
+            sources = [s for p in served for s in (p.source, p.push_source) if s is not None]
+            lazy_stats = LazyStats.merge([r for r in results if isinstance(r, LazyStats)])
             print(format_lazy_stats(stats.total_seconds, lazy_stats,
                                     sum(s.bytes_fetched for s in sources),
                                     sum(s.wire_bytes for s in sources)), file=sys.stderr)
-    return ctx.pid
+        if errors:
+            raise errors[0]
+    return root.pid
+
+
+async def serve_pages(p: ProcRestore) -> LazyStats:
+    """One process's lazy daemon until all its pages are in or it is gone."""
+    from core.kernel.process import pidfd_open
+
+    assert p.daemon is not None
+    pidfd = pidfd_open(p.pid)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pidfd, p.daemon.process_gone)
+    try:
+        return await p.daemon.wait()
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        for source in (p.source, p.push_source):
+            if source is not None:
+                await source.close()
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

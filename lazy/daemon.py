@@ -56,6 +56,26 @@ class LazyStats:
         ordered = sorted(self.fault_latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
+    @classmethod
+    def merge(cls, many: list[LazyStats]) -> LazyStats:
+        """Several processes' daemons as one: sums, and the last page of all."""
+        out = cls()
+        if not many:
+            return out
+        out.started = min(s.started for s in many)
+        resumed = [s.resumed_at for s in many if s.resumed_at is not None]
+        finished = [s.finished_at for s in many if s.finished_at is not None]
+        out.resumed_at = min(resumed) if resumed else None
+        out.finished_at = max(finished) if len(finished) == len(many) else None
+        for s in many:
+            out.faults += s.faults
+            out.pages_faulted += s.pages_faulted
+            out.pages_pushed += s.pages_pushed
+            out.zero_pages += s.zero_pages
+            out.events += s.events
+            out.fault_latencies += s.fault_latencies
+        return out
+
     @property
     def time_to_last_page(self) -> float | None:
         if self.finished_at is None or self.resumed_at is None:

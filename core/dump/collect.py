@@ -40,6 +40,7 @@ def classify_vma(m: procfs.MapEntry) -> pb.Vma:
         vma.kind, vma.name = pb.Vma.VSYSCALL, path
     elif not m.is_file or path == "/dev/zero (deleted)" or path.startswith("/SYSV"):
         vma.kind = pb.Vma.ANON_SHARED if m.shared else pb.Vma.ANON_PRIVATE
+        vma.shmem_ino = m.inode if m.shared else 0
         vma.name = path if path.startswith("[") else ""
         vma.growsdown = path == "[stack]"
         if m.shared and path.startswith("/SYSV"):

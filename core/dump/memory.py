@@ -47,7 +47,7 @@ def stored_runs(pagemap_fd: int, vma: pb.Vma) -> Iterator[tuple[int, int]]:
         yield vma.start + run_start * PAGE_SIZE, len(entries) - run_start
 
 
-def dump_process_memory(ctx: DumpContext, p: ProcDump) -> int:
+def dump_process_memory(ctx: DumpContext, p: ProcDump, shared_seen: set[int]) -> int:
     assert ctx.writer is not None
     pid = p.pid
     buf = bytearray(READ_CHUNK)
@@ -59,6 +59,11 @@ def dump_process_memory(ctx: DumpContext, p: ProcDump) -> int:
             for vma in p.proc.vmas:
                 if vma.kind not in DUMPED_KINDS:
                     continue
+                if vma.kind == pb.Vma.ANON_SHARED:
+                    # Shared memory is stored once, by the first process mapping it.
+                    if vma.shmem_ino in shared_seen:
+                        continue
+                    shared_seen.add(vma.shmem_ino)
                 for addr, npages in stored_runs(pagemap_fd, vma):
                     end = addr + npages * PAGE_SIZE
                     while addr < end:
@@ -75,7 +80,9 @@ def dump_process_memory(ctx: DumpContext, p: ProcDump) -> int:
 
 
 def dump_memory_sync(ctx: DumpContext) -> int:
-    return sum(dump_process_memory(ctx, p) for p in ctx.procs.values() if not p.proc.zombie)
+    shared_seen: set[int] = set()
+    return sum(dump_process_memory(ctx, p, shared_seen) for p in ctx.procs.values()
+               if not p.proc.zombie)
 
 
 async def dump_memory(ctx: DumpContext) -> int:

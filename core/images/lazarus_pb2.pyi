@@ -46,7 +46,7 @@ class PipeData(_message.Message):
     def __init__(self, ino: _Optional[int] = ..., data: _Optional[bytes] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class Vma(_message.Message):
-    __slots__ = ("start", "end", "prot", "kind", "pgoff", "path", "name", "growsdown", "file_size", "file_mtime_ns")
+    __slots__ = ("start", "end", "prot", "kind", "pgoff", "path", "name", "growsdown", "file_size", "file_mtime_ns", "shmem_ino")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ANON_PRIVATE: _ClassVar[Vma.Kind]
@@ -71,6 +71,7 @@ class Vma(_message.Message):
     GROWSDOWN_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
     FILE_MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SHMEM_INO_FIELD_NUMBER: _ClassVar[int]
     start: int
     end: int
     prot: int
@@ -81,7 +82,8 @@ class Vma(_message.Message):
     growsdown: bool
     file_size: int
     file_mtime_ns: int
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., pgoff: _Optional[int] = ..., path: _Optional[str] = ..., name: _Optional[str] = ..., growsdown: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_mtime_ns: _Optional[int] = ...) -> None: ...
+    shmem_ino: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., pgoff: _Optional[int] = ..., path: _Optional[str] = ..., name: _Optional[str] = ..., growsdown: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_mtime_ns: _Optional[int] = ..., shmem_ino: _Optional[int] = ...) -> None: ...
 
 class PageBlock(_message.Message):
     __slots__ = ("vaddr", "nr_pages", "offset", "length", "crc32", "lz4")

@@ -70,7 +70,7 @@ class Injector:
         pt.set_regs(self.pid, self._prepare(nr, args))
         pt.cont(self.pid)
         res = pt.wait(self.pid, INJECT_TIMEOUT)
-        if not (res.stopped and res.event == K.PTRACE_EVENT_CLONE):
+        if not (res.stopped and res.event in (K.PTRACE_EVENT_CLONE, K.PTRACE_EVENT_FORK)):
             raise pt.TraceError(
                 f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
         tid = pt.get_event_msg(self.pid)

@@ -27,6 +27,7 @@ class Regs(Protocol):
     """The x86-64 user_regs_struct fields lazarus touches (a ctypes struct at run time)."""
 
     rax: int
+    rdi: int
     orig_rax: int
     rip: int
     rsp: int

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import bisect
 
-from core import procfs
 from core.errors import LazarusError
 from core.images import pb
 from core.kernel import constants as K
-from core.kernel import ptrace as pt
-from core.kernel.inject import SYSCALL_INT3, Injector
-from core.kernel.memory import ProcMem
-from core.restore.context import TRAMPOLINE_SIZE, RestoreContext
+from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
 
 LOWEST_TRAMPOLINE = 0x100000
 MAPPED_KINDS = (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED, pb.Vma.FILE_PRIVATE, pb.Vma.FILE_SHARED)
@@ -33,7 +29,7 @@ def find_hole(taken: list[tuple[int, int]], size: int) -> int:
     raise LazarusError("no room for the restore trampoline in the address space")
 
 
-def put_string(ctx: RestoreContext, text: str) -> int:
+def put_string(ctx: ProcRestore, text: str) -> int:
     """Copy a NUL-terminated string to the scratch area; returns its address."""
     assert ctx.mem is not None
     data = text.encode() + b"\0"
@@ -43,7 +39,7 @@ def put_string(ctx: RestoreContext, text: str) -> int:
     return ctx.scratch
 
 
-def open_in_target(ctx: RestoreContext, path: str, flags: int) -> int:
+def open_in_target(ctx: ProcRestore, path: str, flags: int) -> int:
     assert ctx.inj is not None
     return ctx.inj.syscall(K.SYS_OPENAT, K.AT_FDCWD & ((1 << 64) - 1), put_string(ctx, path),
                            flags, 0)
@@ -60,7 +56,7 @@ def needs_fill(proc: pb.ProcessImage) -> set[int]:
     return out
 
 
-def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool,
+def map_vma(ctx: ProcRestore, vma: pb.Vma, writable: bool,
             open_files: dict[tuple[str, int], int]) -> None:
     assert ctx.inj is not None
     inj = ctx.inj
@@ -68,7 +64,14 @@ def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool,
     prot = vma.prot | (K.PROT_READ | K.PROT_WRITE if writable else 0)
     flags = K.MAP_FIXED_NOREPLACE
     fd = -1
-    if vma.kind in (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED):
+    owner = ctx.tree.shmem_owner.get(vma.shmem_ino) if vma.shmem_ino else None
+    if owner is not None:
+        # Shared memory another process of the tree already has: map the same
+        # object, reached through that process's /proc/PID/map_files.
+        flags |= K.MAP_SHARED
+        fd = open_in_target(ctx, owner, K.O_RDWR if vma.prot & K.PROT_WRITE else K.O_RDONLY)
+        open_files[(owner, -1)] = fd
+    elif vma.kind in (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED):
         flags |= K.MAP_ANONYMOUS
         flags |= K.MAP_SHARED if vma.kind == pb.Vma.ANON_SHARED else K.MAP_PRIVATE
         if vma.growsdown:
@@ -94,25 +97,14 @@ def map_vma(ctx: RestoreContext, vma: pb.Vma, writable: bool,
         raise LazarusError(f"cannot map {what} at {vma.start:#x}: {exc.strerror}") from None
     if got != vma.start:
         raise LazarusError(f"mapping at {vma.start:#x} landed at {got:#x}")
+    if vma.shmem_ino and owner is None:
+        ctx.tree.shmem_owner[vma.shmem_ino] = \
+            f"/proc/{ctx.pid}/map_files/{vma.start:x}-{vma.end:x}"
 
 
-def build_address_space_sync(ctx: RestoreContext) -> None:
-    pid, proc = ctx.pid, ctx.proc
-    ctx.mem = ProcMem(pid, writable=True)
-    regs = pt.get_regs(pid)
-    helper_maps = procfs.read_maps(pid)
-    taken = [(m.start, m.end) for m in helper_maps] + [(v.start, v.end) for v in proc.vmas]
-    ctx.trampoline = find_hole(taken, TRAMPOLINE_SIZE)
-    # First injection from the helper's own code, only to map the trampoline.
-    boot = Injector(pid, ctx.mem, regs, regs.rip)
-    try:
-        boot.syscall(K.SYS_MMAP, ctx.trampoline, TRAMPOLINE_SIZE,
-                     K.PROT_READ | K.PROT_WRITE | K.PROT_EXEC,
-                     K.MAP_PRIVATE | K.MAP_ANONYMOUS | K.MAP_FIXED_NOREPLACE, -1, 0)
-    finally:
-        boot.restore_code()
-    ctx.mem.write(ctx.trampoline, SYSCALL_INT3)
-    inj = ctx.inj = Injector(pid, ctx.mem, regs, ctx.trampoline, owns_code=True)
+def build_address_space_sync(ctx: ProcRestore) -> None:
+    proc, inj = ctx.proc, ctx.inj
+    assert inj is not None
     tramp_end = ctx.trampoline + TRAMPOLINE_SIZE
     inj.syscall(K.SYS_MUNMAP, 0, ctx.trampoline)
     inj.syscall(K.SYS_MUNMAP, tramp_end, K.TASK_SIZE - tramp_end)
@@ -131,5 +123,7 @@ def build_address_space_sync(ctx: RestoreContext) -> None:
 
 
 async def build_address_space(ctx: RestoreContext) -> None:
-    await ctx.tracer.call(build_address_space_sync, ctx)
+    """Parents first: shared memory is mapped from the first process that has it."""
+    for p in ctx.live:
+        await ctx.tracer.call(build_address_space_sync, p)
     return None

@@ -33,20 +33,64 @@ class RestoreOptions:
 
 @dataclass
 class RestoreContext:
+    """One restore: the whole tree."""
+
     opts: RestoreOptions
     tracer: Tracer
     reader: ImageReader | None = None
     inventory: pb.Inventory = field(default_factory=pb.Inventory)
-    proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
+    procs: list[ProcRestore] = field(default_factory=list)   # parents before children
+    trampoline: int = 0                # code + scratch, at the same address in every process
+    pipe_ends: dict[int, tuple[int, int]] = field(default_factory=dict)  # ino -> lazarus's fds
+    shmem_owner: dict[int, str] = field(default_factory=dict)  # shmem ino -> map_files path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> ProcRestore:
+        return self.procs[0]
+
+    def find(self, pid: int) -> ProcRestore | None:
+        return next((p for p in self.procs if p.proc.pid == pid), None)
+
+    @property
+    def live(self) -> list[ProcRestore]:
+        """The processes that will run (not the zombies)."""
+        return [p for p in self.procs if not p.proc.zombie]
+
+
+@dataclass
+class ProcRestore:
+    """One process of the restored tree."""
+
+    tree: RestoreContext
+    proc: pb.ProcessImage
     pid: int = 0                       # the restored process, once created
     thread_tids: list[int] = field(default_factory=list)   # its other threads, once made
     mem: ProcMem | None = None
     inj: Injector | None = None
-    trampoline: int = 0
-    warnings: list[str] = field(default_factory=list)
     source: PageSource | None = None       # lazy restore: where pages come from
     push_source: PageSource | None = None  # lazy restore: a second channel for the bulk push
     daemon: LazyDaemon | None = None
+
+    @property
+    def opts(self) -> RestoreOptions:
+        return self.tree.opts
+
+    @property
+    def tracer(self) -> Tracer:
+        return self.tree.tracer
+
+    @property
+    def reader(self) -> ImageReader | None:
+        return self.tree.reader
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.tree.warnings
+
+    @property
+    def trampoline(self) -> int:
+        return self.tree.trampoline
 
     @property
     def scratch(self) -> int:

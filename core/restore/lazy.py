@@ -12,7 +12,7 @@ from core.kernel import constants as K
 from core.kernel import uffd
 from core.kernel.libc import syscall
 from core.kernel.process import pidfd_open
-from core.restore.context import RestoreContext
+from core.restore.context import ProcRestore, RestoreContext
 from core.restore.memory import is_lazy, set_final_protections, write_pages
 from lazy.daemon import LazyDaemon
 from lazy.regions import RegionMap
@@ -36,7 +36,7 @@ def split_blocks(proc: pb.ProcessImage) -> tuple[list[pb.PageBlock], dict[int, l
     return eager, lazy
 
 
-def create_uffd_sync(ctx: RestoreContext) -> int:
+def create_uffd_sync(ctx: ProcRestore) -> int:
     """userfaultfd() inside the target (so it serves the target's mm), then
     take it over with pidfd_getfd and close the target's copy."""
     assert ctx.inj is not None
@@ -55,6 +55,10 @@ def create_uffd_sync(ctx: RestoreContext) -> int:
 
 
 async def lazy_memory(ctx: RestoreContext) -> int:
+    return sum([await lazy_process_memory(p) for p in ctx.live])
+
+
+async def lazy_process_memory(ctx: ProcRestore) -> int:
     assert ctx.source is not None
     eager, lazy = split_blocks(ctx.proc)
     data = [(b.vaddr, await ctx.source.get_pages(b.vaddr, b.nr_pages)) for b in eager]
@@ -80,6 +84,7 @@ async def lazy_memory(ctx: RestoreContext) -> int:
 
 
 async def undo_lazy_memory(ctx: RestoreContext) -> None:
-    if ctx.daemon is not None:
-        ctx.daemon.close()
-        ctx.daemon = None
+    for p in ctx.procs:
+        if p.daemon is not None:
+            p.daemon.close()
+            p.daemon = None

@@ -13,12 +13,12 @@ from core.images import ImageError, pb
 from core.kernel import constants as K
 from core.kernel.memory import vm_writev
 from core.restore.addrspace import needs_fill
-from core.restore.context import RestoreContext
+from core.restore.context import ProcRestore, RestoreContext
 
 VMWRITEV_BATCH = 16 << 20   # bytes gathered before one process_vm_writev
 
 
-def write_pages(ctx: RestoreContext, blocks: Iterable[tuple[int, bytes]]) -> int:
+def write_pages(ctx: ProcRestore, blocks: Iterable[tuple[int, bytes]]) -> int:
     assert ctx.mem is not None
     total = 0
     pending: list[tuple[int, bytes]] = []
@@ -41,7 +41,7 @@ def write_pages(ctx: RestoreContext, blocks: Iterable[tuple[int, bytes]]) -> int
     return total
 
 
-def set_final_protections(ctx: RestoreContext) -> None:
+def set_final_protections(ctx: ProcRestore) -> None:
     """VMAs mapped writable for filling get their dumped protection back."""
     assert ctx.inj is not None
     filled = needs_fill(ctx.proc)
@@ -50,7 +50,7 @@ def set_final_protections(ctx: RestoreContext) -> None:
             ctx.inj.syscall(K.SYS_MPROTECT, vma.start, vma.end - vma.start, vma.prot)
 
 
-def write_memory_sync(ctx: RestoreContext) -> int:
+def write_memory_sync(ctx: ProcRestore) -> int:
     assert ctx.reader is not None
     with ctx.reader.page_reader(ctx.proc) as pages:
         total = write_pages(ctx, pages.iter_blocks())
@@ -59,7 +59,7 @@ def write_memory_sync(ctx: RestoreContext) -> int:
 
 
 async def write_memory(ctx: RestoreContext) -> int:
-    return await ctx.tracer.call(write_memory_sync, ctx)
+    return sum([await ctx.tracer.call(write_memory_sync, p) for p in ctx.live])
 
 
 def is_lazy(vma: pb.Vma) -> bool:

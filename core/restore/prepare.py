@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import struct
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -14,13 +18,18 @@ from core.errors import LazarusError
 from core.images import ImageReader, pb
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
+from core.kernel.inject import SYSCALL_INT3, Injector
 from core.kernel.libc import MASK64
+from core.kernel.memory import ProcMem
 from core.kernel.process import clone_traced_helper
-from core.restore.context import RestoreContext
+from core.kernel.structs import CloneArgs
+from core.restore.addrspace import find_hole
+from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
 from lazy.source import LocalPageSource, RemotePageSource
 from pageserver.client import PageClient, PageServerError
 
-PID_WAIT = 3.0      # a killed target may be reaped late by its parent or PID 1
+PID_WAIT = 3.0
+CHILD_TID_OFFSET = 1024      # a killed target may be reaped late by its parent or PID 1
 VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
 
 
@@ -49,12 +58,14 @@ def read_image_sync(ctx: RestoreContext, images_dir: Path) -> None:
     if ctx.inventory.vdso_size and ctx.inventory.vdso_size != here:
         raise LazarusError(f"the image's vdso is {ctx.inventory.vdso_size} bytes, this kernel's "
                            f"is {here}: restore needs the same kernel")
-    procs = reader.processes()
-    if len(procs) != 1:
-        raise LazarusError(f"the image holds {len(procs)} processes: only one is supported yet")
-    ctx.proc = procs[0]
+    ctx.procs = [ProcRestore(ctx, proc) for proc in reader.processes()]
     ctx.reader = reader
-    check_files(ctx.proc)
+    pids = {p.proc.pid for p in ctx.procs}
+    for p in ctx.procs[1:]:
+        if p.proc.ppid not in pids:
+            raise LazarusError(f"process {p.proc.pid} of the image has no parent in it")
+    for p in ctx.live:
+        check_files(p.proc)
 
 
 async def fetch_metadata(client: PageClient, image: str, into: Path) -> None:
@@ -88,14 +99,15 @@ async def read_remote_image(ctx: RestoreContext) -> None:
     except BaseException:
         await client.close()
         raise
-    pid = ctx.proc.pid
-    ctx.source = RemotePageSource(server.host, server.port, image, pid, token=server.token,
-                                  tls_ca=server.tls_ca, lazy_timeout=ctx.opts.lazy_timeout,
-                                  client=client)
-    # A second connection for the bulk push, so faults never wait behind it.
-    ctx.push_source = RemotePageSource(server.host, server.port, image, pid,
-                                       token=server.token, tls_ca=server.tls_ca,
-                                       lazy_timeout=ctx.opts.lazy_timeout)
+    for i, p in enumerate(ctx.live):
+        pid = p.proc.pid
+        p.source = RemotePageSource(server.host, server.port, image, pid, token=server.token,
+                                    tls_ca=server.tls_ca, lazy_timeout=ctx.opts.lazy_timeout,
+                                    client=client if i == 0 else None)
+        # A second connection for the bulk push, so faults never wait behind it.
+        p.push_source = RemotePageSource(server.host, server.port, image, pid,
+                                         token=server.token, tls_ca=server.tls_ca,
+                                         lazy_timeout=ctx.opts.lazy_timeout)
 
 
 async def read_image(ctx: RestoreContext) -> None:
@@ -105,30 +117,30 @@ async def read_image(ctx: RestoreContext) -> None:
     read_image_sync(ctx, ctx.opts.images_dir)
     if ctx.opts.lazy:
         assert ctx.reader is not None
-        ctx.source = LocalPageSource(ctx.reader, ctx.proc)
+        for p in ctx.live:
+            p.source = LocalPageSource(ctx.reader, p.proc)
     return None
 
 
 async def close_sources(ctx: RestoreContext) -> None:
-    for source in (ctx.source, ctx.push_source):
-        if source is not None:
-            await source.close()
+    for p in ctx.procs:
+        for source in (p.source, p.push_source):
+            if source is not None:
+                await source.close()
 
 
-def create_process_sync(ctx: RestoreContext) -> None:
-    pid = ctx.proc.pid
+def with_free_pid(pid: int, make: Callable[[], int]) -> int:
+    """Run `make` (which creates PID `pid`), waiting, bounded, while a dead
+    process that held the PID is still being reaped."""
     pid_max = int(open("/proc/sys/kernel/pid_max").read())
     if pid >= pid_max:
         raise LazarusError(f"PID {pid} is above this host's pid_max ({pid_max})")
-    for fd in ctx.opts.inherit_fds.values():
-        os.set_inheritable(fd, True)
     deadline = time.monotonic() + PID_WAIT
     while True:
         try:
-            ctx.pid = clone_traced_helper(pid)
-            break
+            return make()
         except OSError as exc:
-            if exc.errno != 17:  # EEXIST: the PID is still taken
+            if exc.errno != errno.EEXIST:
                 raise LazarusError(f"cannot create process with PID {pid}: {exc.strerror}") \
                     from None
             if procfs.is_alive(pid):
@@ -138,32 +150,113 @@ def create_process_sync(ctx: RestoreContext) -> None:
                 raise LazarusError(f"PID {pid} is still held by a dead process not yet reaped "
                                    f"after {PID_WAIT:.0f} s") from None
             time.sleep(0.01)
-    res = pt.wait(ctx.pid, 5.0)
+
+
+def map_trampoline(ctx: RestoreContext, root: ProcRestore) -> None:
+    """Code and scratch at an address free in the helper and in every process
+    of the image; the children, forked from the root, inherit it."""
+    assert root.mem is not None
+    regs = pt.get_regs(root.pid)
+    taken = [(m.start, m.end) for m in procfs.read_maps(root.pid)]
+    taken += [(v.start, v.end) for p in ctx.live for v in p.proc.vmas]
+    ctx.trampoline = find_hole(taken, TRAMPOLINE_SIZE)
+    # First injection from the helper's own code, only to map the trampoline.
+    boot = Injector(root.pid, root.mem, regs, regs.rip)
+    try:
+        boot.syscall(K.SYS_MMAP, ctx.trampoline, TRAMPOLINE_SIZE,
+                     K.PROT_READ | K.PROT_WRITE | K.PROT_EXEC,
+                     K.MAP_PRIVATE | K.MAP_ANONYMOUS | K.MAP_FIXED_NOREPLACE, -1, 0)
+    finally:
+        boot.restore_code()
+    root.mem.write(ctx.trampoline, SYSCALL_INT3)
+    root.inj = Injector(root.pid, root.mem, regs, ctx.trampoline, owns_code=True)
+
+
+def fork_child(parent: ProcRestore, child: ProcRestore) -> None:
+    """clone3 in the parent with the child's PID: a copy of the parent as it
+    is now (the helper with its trampoline), traced by us from birth."""
+    assert parent.inj is not None and parent.mem is not None
+    set_tid = parent.scratch + CHILD_TID_OFFSET
+    args = CloneArgs(exit_signal=K.SIGCHLD, set_tid=set_tid, set_tid_size=1)
+
+    def make() -> int:
+        assert parent.inj is not None and parent.mem is not None
+        parent.mem.write(set_tid, struct.pack("<i", child.proc.pid))
+        parent.mem.write(parent.scratch, bytes(args))
+        return parent.inj.syscall_traced_clone(K.SYS_CLONE3, parent.scratch, ctypes.sizeof(args))
+
+    child.pid = with_free_pid(child.proc.pid, make)
+    res = pt.wait(child.pid, 5.0)
+    if not res.stopped:
+        raise LazarusError(f"new process {child.pid} {res.describe()}")
+    child.mem = ProcMem(child.pid, writable=True)
+    child.inj = Injector(child.pid, child.mem, pt.get_regs(child.pid), child.trampoline,
+                         owns_code=True)
+
+
+def set_session_and_group(p: ProcRestore) -> None:
+    """A session or group the process led is made anew; a child inherits its
+    parent's. A group led by another tree member is joined in a second pass."""
+    assert p.inj is not None
+    if p.proc.sid == p.proc.pid:
+        p.inj.syscall(K.SYS_SETSID)
+    elif p.proc.pgid == p.proc.pid:
+        p.inj.syscall(K.SYS_SETPGID, 0, 0)
+
+
+def create_tree_sync(ctx: RestoreContext) -> None:
+    root = ctx.root
+    for fd in ctx.opts.inherit_fds.values():
+        os.set_inheritable(fd, True)
+    root.pid = with_free_pid(root.proc.pid, lambda: clone_traced_helper(root.proc.pid))
+    res = pt.wait(root.pid, 5.0)
     if not (res.stopped and res.stop_signal == K.SIGTRAP):
         raise LazarusError(f"restore helper {res.describe()} before it could be set up")
-    # If lazarus dies half-way, the kernel kills the half-made process.
-    pt.set_options(ctx.pid, K.PTRACE_O_EXITKILL | K.PTRACE_O_TRACECLONE)
-    # No signal may interrupt the injected syscalls; resume loads the real mask.
-    pt.set_sigmask(ctx.pid, MASK64)
+    # If lazarus dies half-way, the kernel kills the half-made processes;
+    # children and threads made by injection are traced from birth.
+    pt.set_options(root.pid, K.PTRACE_O_EXITKILL | K.PTRACE_O_TRACECLONE |
+                   K.PTRACE_O_TRACEFORK)
+    # No signal may interrupt the injected syscalls; resume loads the real masks.
+    pt.set_sigmask(root.pid, MASK64)
+    root.mem = ProcMem(root.pid, writable=True)
+    map_trampoline(ctx, root)
+    set_session_and_group(root)
+    for p in ctx.procs[1:]:
+        parent = ctx.find(p.proc.ppid)
+        assert parent is not None and parent.pid
+        fork_child(parent, p)
+        set_session_and_group(p)
+    for p in ctx.procs:
+        if p.proc.pgid != p.proc.pid and ctx.find(p.proc.pgid) is not None and \
+                os.getpgid(p.pid) != p.proc.pgid:
+            assert p.inj is not None
+            p.inj.syscall(K.SYS_SETPGID, 0, p.proc.pgid)
 
 
-async def create_process(ctx: RestoreContext) -> None:
-    await ctx.tracer.call(create_process_sync, ctx)
+async def create_tree(ctx: RestoreContext) -> None:
+    await ctx.tracer.call(create_tree_sync, ctx)
     return None
 
 
-def kill_process_sync(ctx: RestoreContext) -> None:
-    if ctx.mem is not None:
-        ctx.mem.close()
-        ctx.mem = None
-    if ctx.pid:
-        os.kill(ctx.pid, 9)
-        # Traced threads are ours to wait for; the leader is reported last.
-        for tid in [*ctx.thread_tids, ctx.pid]:
-            pt.wait(tid, PID_WAIT)
-        ctx.thread_tids.clear()
-        ctx.pid = 0
+def kill_tree_sync(ctx: RestoreContext) -> None:
+    for p in reversed(ctx.procs):
+        if p.mem is not None:
+            p.mem.close()
+            p.mem = None
+        if p.pid:
+            try:
+                os.kill(p.pid, 9)
+            except ProcessLookupError:
+                pass
+            # Traced threads are ours to wait for; the leader is reported last.
+            for tid in [*p.thread_tids, p.pid]:
+                try:
+                    pt.wait(tid, PID_WAIT)
+                except (ChildProcessError, pt.TraceError):
+                    pass
+            p.thread_tids.clear()
+            p.pid = 0
 
 
-async def kill_process(ctx: RestoreContext) -> None:
-    await ctx.tracer.call(kill_process_sync, ctx)
+async def kill_tree(ctx: RestoreContext) -> None:
+    await ctx.tracer.call(kill_tree_sync, ctx)

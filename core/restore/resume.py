@@ -1,34 +1,81 @@
-"""Stage: drop the trampoline, load registers and let the process run."""
+"""Stage: zombies die as they had, then every process drops the trampoline,
+loads its registers, and the whole tree is released at once."""
 
 from __future__ import annotations
 
+import os
+import time
+
+from core import procfs
+from core.errors import LazarusError
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
-from core.restore.context import TRAMPOLINE_SIZE, RestoreContext
+from core.kernel.libc import MASK64
+from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
+
+ZOMBIE_TIMEOUT = 5.0
 
 
-def resume_sync(ctx: RestoreContext) -> None:
-    assert ctx.inj is not None and ctx.mem is not None
+def make_zombie(p: ProcRestore) -> None:
+    """Let the process end the way it had: with its exit code or by its signal.
+    Its parent, still stopped, finds it a zombie when it runs again."""
+    status = p.proc.exit_status
+    signo = status & 0x7F
+    if signo:
+        pt.set_sigmask(p.pid, 0)
+        pt.detach(p.pid, signo)        # default action of a fresh helper: it dies of it
+    else:
+        regs = pt.get_regs(p.pid)
+        regs.rip, regs.rax, regs.orig_rax = p.trampoline, K.SYS_EXIT_GROUP, MASK64
+        regs.rdi = (status >> 8) & 0xFF
+        pt.set_regs(p.pid, regs)
+        pt.detach(p.pid)
+    p.mem = None
+    deadline = time.monotonic() + ZOMBIE_TIMEOUT
+    while procfs.is_alive(p.pid):
+        if time.monotonic() > deadline:
+            raise LazarusError(f"process {p.pid} did not become a zombie again")
+        time.sleep(0.005)
+
+
+def prepare_resume(p: ProcRestore) -> list[int]:
+    """Everything but the release itself; returns the process's tids."""
+    assert p.inj is not None and p.mem is not None
     # Its return lands in the unmapped trampoline: an expected SIGSEGV stop.
-    ctx.inj.syscall_unmapping_self(K.SYS_MUNMAP, ctx.trampoline, TRAMPOLINE_SIZE)
-    tids = [ctx.pid, *ctx.thread_tids]
-    for tid, thread in zip(tids, ctx.proc.threads, strict=True):
+    p.inj.syscall_unmapping_self(K.SYS_MUNMAP, p.trampoline, TRAMPOLINE_SIZE)
+    tids = [p.pid, *p.thread_tids]
+    for tid, thread in zip(tids, p.proc.threads, strict=True):
         pt.set_sigmask(tid, thread.sigmask)
         pt.set_xstate(tid, thread.xstate)
         pt.set_regs(tid, pt.regs_from_bytes(thread.regs))
-    ctx.mem.close()
-    ctx.mem = None
-    # Every thread is ready before any runs; the signals that stopped them
-    # (SIGSEGV, SIGTRAP) are discarded by detaching with signal 0.
-    for tid in reversed(tids):
-        pt.detach(tid)
-    ctx.thread_tids.clear()
+    p.mem.close()
+    p.mem = None
+    return tids
+
+
+def resume_sync(ctx: RestoreContext) -> None:
+    for p in ctx.procs:
+        if p.proc.zombie:
+            make_zombie(p)
+    ready = [(p, prepare_resume(p)) for p in ctx.live]
+    # Every thread of every process is ready before any runs; the signals
+    # that stopped them (SIGSEGV, SIGTRAP, SIGSTOP) are discarded by
+    # detaching with signal 0.
+    for p, tids in ready:
+        for tid in reversed(tids):
+            pt.detach(tid)
+        p.thread_tids.clear()
+    for r, w in ctx.pipe_ends.values():
+        os.close(r)
+        os.close(w)
+    ctx.pipe_ends.clear()
     if ctx.opts.pidfile is not None:
-        ctx.opts.pidfile.write_text(f"{ctx.pid}\n")
+        ctx.opts.pidfile.write_text(f"{ctx.root.pid}\n")
 
 
 async def resume(ctx: RestoreContext) -> None:
     await ctx.tracer.call(resume_sync, ctx)
-    if ctx.daemon is not None:
-        ctx.daemon.start_push()
+    for p in ctx.live:
+        if p.daemon is not None:
+            p.daemon.start_push()
     return None

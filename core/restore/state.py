@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import os
 import resource
 import struct
 
@@ -15,14 +17,15 @@ from core.kernel.inject import Injector
 from core.kernel.libc import MASK64
 from core.kernel.structs import KernelSigaction, PrctlMmMap
 from core.restore.addrspace import open_in_target, put_string
-from core.restore.context import RestoreContext
+from core.restore.context import ProcRestore, RestoreContext
 
 FILE_REOPEN_DROP = K.O_CREAT | K.O_EXCL | K.O_TRUNC
 SEEK_SET = 0
+F_SETPIPE_SZ = 1031
 F_DUPFD = 0
 
 
-def restore_mm(ctx: RestoreContext) -> None:
+def restore_mm(ctx: ProcRestore) -> None:
     assert ctx.inj is not None and ctx.mem is not None
     mm = ctx.proc.mm
     exe_fd = open_in_target(ctx, mm.exe, K.O_RDONLY | K.O_CLOEXEC)
@@ -44,7 +47,7 @@ def restore_mm(ctx: RestoreContext) -> None:
         ctx.inj.syscall(K.SYS_CLOSE, exe_fd)
 
 
-def restore_task_basics(ctx: RestoreContext) -> None:
+def restore_task_basics(ctx: ProcRestore) -> None:
     assert ctx.inj is not None and ctx.mem is not None
     inj, proc = ctx.inj, ctx.proc
     inj.syscall(K.SYS_PRCTL, K.PR_SET_NAME, put_string(ctx, proc.comm[:15]))
@@ -54,19 +57,13 @@ def restore_task_basics(ctx: RestoreContext) -> None:
         raise LazarusError(f"cannot enter working directory {proc.cwd}: {exc.strerror}") \
             from None
     inj.syscall(K.SYS_UMASK, proc.umask)
-    # A session or group the process led is made anew; one it merely belonged
-    # to is another process's and stays the restorer's.
-    if proc.sid == proc.pid:
-        inj.syscall(K.SYS_SETSID)
-    elif proc.pgid == proc.pid:
-        inj.syscall(K.SYS_SETPGID, 0, 0)
     for act in proc.sigactions:
         raw = KernelSigaction(act.handler, act.flags, act.restorer, act.mask)
         ctx.mem.write(ctx.scratch, bytes(raw))
         inj.syscall(K.SYS_RT_SIGACTION, act.signo, ctx.scratch, 0, 8)
 
 
-def restore_rlimits(ctx: RestoreContext) -> None:
+def restore_rlimits(ctx: ProcRestore) -> None:
     for lim in ctx.proc.rlimits:
         soft = resource.RLIM_INFINITY if lim.soft == MASK64 else lim.soft
         hard = resource.RLIM_INFINITY if lim.hard == MASK64 else lim.hard
@@ -82,7 +79,7 @@ def describe_fd(fd: pb.FileDesc) -> str:
     return f"fd {fd.fd} ({fd.path})"
 
 
-def close_all_but(ctx: RestoreContext, keep: list[int]) -> None:
+def close_all_but(ctx: ProcRestore, keep: list[int]) -> None:
     """close_range over every gap between the fds in `keep` (sorted)."""
     assert ctx.inj is not None
     first = 0
@@ -92,7 +89,7 @@ def close_all_but(ctx: RestoreContext, keep: list[int]) -> None:
         first = fd + 1
 
 
-def restore_fds(ctx: RestoreContext) -> None:
+def restore_fds(ctx: ProcRestore) -> None:
     assert ctx.inj is not None
     inj, proc = ctx.inj, ctx.proc
     inherit = ctx.opts.inherit_fds
@@ -109,7 +106,12 @@ def restore_fds(ctx: RestoreContext) -> None:
         if fd.path in parked:
             inj.syscall(K.SYS_DUP3, parked[fd.path], fd.fd, cloexec)
             continue
-        if fd.kind in (pb.FileDesc.TTY, pb.FileDesc.PIPE):
+        if fd.internal:
+            # The tree's own pipe: lazarus holds it, with its bytes, until resume.
+            r, w = ctx.tree.pipe_ends[fd.pipe_ino]
+            end = r if fd.flags & K.O_ACCMODE == K.O_RDONLY else w
+            path, flags = f"/proc/{os.getpid()}/fd/{end}", fd.flags & ~FILE_REOPEN_DROP
+        elif fd.kind in (pb.FileDesc.TTY, pb.FileDesc.PIPE):
             ctx.warnings.append(
                 f"{describe_fd(fd)} came from outside the image: reattached to /dev/null "
                 f"(use --inherit-fd fd[N]:{fd.path} to give it one)")
@@ -130,7 +132,7 @@ def restore_fds(ctx: RestoreContext) -> None:
     close_all_but(ctx, [f.fd for f in proc.fds])
 
 
-def restore_creds(ctx: RestoreContext, inj: Injector) -> None:
+def restore_creds(ctx: ProcRestore, inj: Injector) -> None:
     """Credentials are per thread: run in each. Last, since dropping root
     forbids what comes before (clone3 with set_tid, PR_SET_MM)."""
     assert ctx.mem is not None
@@ -144,7 +146,7 @@ def restore_creds(ctx: RestoreContext, inj: Injector) -> None:
     inj.syscall(K.SYS_SETRESUID, c.uid, c.euid, c.suid)
 
 
-def restore_pending_signals(ctx: RestoreContext) -> None:
+def restore_pending_signals(ctx: ProcRestore) -> None:
     """Queue again what was pending; the process sends them to itself, which
     lets every si_code through (they stay blocked until resume)."""
     assert ctx.inj is not None and ctx.mem is not None
@@ -160,7 +162,7 @@ def restore_pending_signals(ctx: RestoreContext) -> None:
             ctx.inj.syscall(K.SYS_RT_TGSIGQUEUEINFO, pid, tid, signo, ctx.scratch)
 
 
-def restore_itimers(ctx: RestoreContext) -> None:
+def restore_itimers(ctx: ProcRestore) -> None:
     """Last before resume: a timer firing now only leaves its signal pending
     (every signal is blocked until the real mask is loaded)."""
     assert ctx.inj is not None and ctx.mem is not None
@@ -171,13 +173,37 @@ def restore_itimers(ctx: RestoreContext) -> None:
         ctx.inj.syscall(K.SYS_SETITIMER, t.which, ctx.scratch, 0)
 
 
-def restore_state_sync(ctx: RestoreContext) -> None:
+def restore_state_sync(ctx: ProcRestore) -> None:
     restore_mm(ctx)
     restore_task_basics(ctx)
     restore_rlimits(ctx)
     restore_fds(ctx)
 
 
+def open_pipes_sync(ctx: RestoreContext) -> None:
+    for pipe in ctx.inventory.pipes:
+        r, w = os.pipe()
+        ctx.pipe_ends[pipe.ino] = (r, w)
+        if pipe.capacity:
+            fcntl.fcntl(w, F_SETPIPE_SZ, pipe.capacity)
+        view = memoryview(pipe.data)
+        while view:
+            view = view[os.write(w, view):]
+
+
+async def open_pipes(ctx: RestoreContext) -> None:
+    open_pipes_sync(ctx)
+    return None
+
+
+async def close_pipe_ends(ctx: RestoreContext) -> None:
+    for r, w in ctx.pipe_ends.values():
+        os.close(r)
+        os.close(w)
+    ctx.pipe_ends.clear()
+
+
 async def restore_state(ctx: RestoreContext) -> None:
-    await ctx.tracer.call(restore_state_sync, ctx)
+    for p in ctx.live:
+        await ctx.tracer.call(restore_state_sync, p)
     return None

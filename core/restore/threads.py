@@ -13,7 +13,7 @@ from core.kernel import ptrace as pt
 from core.kernel.inject import Injector
 from core.kernel.structs import CloneArgs
 from core.restore.addrspace import put_string
-from core.restore.context import SCRATCH_SIZE, RestoreContext
+from core.restore.context import SCRATCH_SIZE, ProcRestore, RestoreContext
 from core.restore.state import restore_creds, restore_itimers, restore_pending_signals
 
 THREAD_FLAGS = (K.CLONE_VM | K.CLONE_FS | K.CLONE_FILES | K.CLONE_SIGHAND | K.CLONE_THREAD
@@ -25,7 +25,7 @@ STACK_SIZE = SCRATCH_SIZE - STACK_OFFSET
 THREAD_START_TIMEOUT = 5.0
 
 
-def restore_thread_state(ctx: RestoreContext, inj: Injector, state: pb.ThreadState,
+def restore_thread_state(ctx: ProcRestore, inj: Injector, state: pb.ThreadState,
                          leader: bool) -> None:
     """What each thread registers for itself: rseq, robust futexes, its
     alternate signal stack, its name, and (the leader) its clear-tid address."""
@@ -44,7 +44,7 @@ def restore_thread_state(ctx: RestoreContext, inj: Injector, state: pb.ThreadSta
         inj.syscall(K.SYS_PRCTL, K.PR_SET_NAME, put_string(ctx, state.comm[:15]))
 
 
-def create_thread(ctx: RestoreContext, state: pb.ThreadState) -> int:
+def create_thread(ctx: ProcRestore, state: pb.ThreadState) -> int:
     assert ctx.inj is not None and ctx.mem is not None
     set_tid = ctx.scratch + TID_OFFSET
     ctx.mem.write(set_tid, struct.pack("<i", state.tid))
@@ -64,7 +64,7 @@ def create_thread(ctx: RestoreContext, state: pb.ThreadState) -> int:
     return tid
 
 
-def restore_threads_sync(ctx: RestoreContext) -> None:
+def restore_threads_sync(ctx: ProcRestore) -> None:
     assert ctx.inj is not None and ctx.mem is not None
     threads = list(ctx.proc.threads)
     restore_thread_state(ctx, ctx.inj, threads[0], leader=True)
@@ -81,5 +81,6 @@ def restore_threads_sync(ctx: RestoreContext) -> None:
 
 
 async def restore_threads(ctx: RestoreContext) -> None:
-    await ctx.tracer.call(restore_threads_sync, ctx)
+    for p in ctx.live:
+        await ctx.tracer.call(restore_threads_sync, p)
     return None
