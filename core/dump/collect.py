@@ -274,6 +274,7 @@ def collect_sync(ctx: DumpContext) -> None:
             p.proc.pid = p.pid
             stat = procfs.read_stat(p.pid)
             p.proc.ppid, p.proc.pgid, p.proc.sid = stat.ppid, stat.pgrp, stat.session
+            p.proc.comm = stat.comm
         else:
             collect_process(p)
     find_internal_pipes(ctx)

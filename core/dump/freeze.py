@@ -33,9 +33,6 @@ def check_target(pid: int) -> None:
         raise LazarusError(f"PID {pid} ({stat.comm}) is a kernel thread: it cannot be dumped")
     if stat.state in ("Z", "X"):
         raise LazarusError(f"PID {pid} is a zombie: nothing to dump")
-    if stat.state in ("T", "t"):
-        raise LazarusError(
-            f"PID {pid} is stopped or traced: stopped processes are not supported yet")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise LazarusError(f"PID {pid} is already traced by PID {tracer}")
@@ -52,16 +49,19 @@ def seize(pid: int, tid: int) -> bool:
     return True
 
 
-def stop(tid: int) -> tuple[pt.Regs, int] | None:
-    """PTRACE_INTERRUPT a seized thread; its registers and signal mask, or None
-    if it exited meanwhile."""
+def stop(tid: int) -> tuple[pt.Regs, int, int] | None:
+    """PTRACE_INTERRUPT a seized thread; its registers, signal mask and the
+    signal of the job-control stop it was in (0 if running), or None if it
+    exited meanwhile."""
     pt.interrupt(tid)
     for _ in range(MAX_SIGNAL_STOPS):
         res = pt.wait(tid, FREEZE_TIMEOUT)
         if not res.stopped:
             return None
         if res.event == K.PTRACE_EVENT_STOP:
-            return pt.get_regs(tid), pt.get_sigmask(tid)
+            # A group-stopped task reports its stop signal; ours reports SIGTRAP.
+            job_stop = res.stop_signal if res.stop_signal != K.SIGTRAP else 0
+            return pt.get_regs(tid), pt.get_sigmask(tid), job_stop
         # A signal arrived first: deliver it as the kernel would have, the
         # interrupt stays pending and traps next.
         pt.cont(tid, res.stop_signal)
@@ -88,7 +88,9 @@ def freeze_process(p: ProcDump) -> None:
                     raise LazarusError(f"PID {pid} exited while being frozen")
                 del p.threads[tid]
                 continue
-            p.threads[tid].regs, p.threads[tid].sigmask = got
+            p.threads[tid].regs, p.threads[tid].sigmask, job_stop = got
+            if tid == pid and job_stop:
+                p.proc.stop_signal = job_stop
 
 
 def check_member(pid: int) -> procfs.Stat:
@@ -98,9 +100,6 @@ def check_member(pid: int) -> procfs.Stat:
     if tracer:
         raise LazarusError(f"PID {pid} ({stat.comm}) in the tree is traced by PID {tracer}: "
                            "it cannot be dumped")
-    if stat.state in ("T", "t"):
-        raise LazarusError(f"PID {pid} ({stat.comm}) in the tree is stopped: stopped "
-                           "processes are not supported yet")
     return stat
 
 

@@ -250,7 +250,7 @@ class ThreadState(_message.Message):
     def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ..., pending_signals: _Optional[_Iterable[bytes]] = ..., robust_list: _Optional[int] = ..., robust_list_len: _Optional[int] = ..., altstack_sp: _Optional[int] = ..., altstack_size: _Optional[int] = ..., altstack_flags: _Optional[int] = ..., comm: _Optional[str] = ...) -> None: ...
 
 class ProcessImage(_message.Message):
-    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals", "vdso_size", "zombie", "exit_status")
+    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals", "vdso_size", "stop_signal", "zombie", "exit_status")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,7 @@ class ProcessImage(_message.Message):
     ITIMERS_FIELD_NUMBER: _ClassVar[int]
     SHARED_PENDING_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     VDSO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     ZOMBIE_FIELD_NUMBER: _ClassVar[int]
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     pid: int
@@ -293,9 +294,10 @@ class ProcessImage(_message.Message):
     itimers: _containers.RepeatedCompositeFieldContainer[ITimer]
     shared_pending_signals: _containers.RepeatedScalarFieldContainer[bytes]
     vdso_size: int
+    stop_signal: int
     zombie: bool
     exit_status: int
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ..., vdso_size: _Optional[int] = ..., zombie: _Optional[bool] = ..., exit_status: _Optional[int] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ..., vdso_size: _Optional[int] = ..., stop_signal: _Optional[int] = ..., zombie: _Optional[bool] = ..., exit_status: _Optional[int] = ...) -> None: ...
 
 class ITimer(_message.Message):
     __slots__ = ("which", "interval_us", "value_us")

@@ -11,6 +11,7 @@ from core.errors import LazarusError
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.libc import MASK64
+from core.restore.addrspace import put_string
 from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
 
 ZOMBIE_TIMEOUT = 5.0
@@ -19,6 +20,8 @@ ZOMBIE_TIMEOUT = 5.0
 def make_zombie(p: ProcRestore) -> None:
     """Let the process end the way it had: with its exit code or by its signal.
     Its parent, still stopped, finds it a zombie when it runs again."""
+    assert p.inj is not None
+    p.inj.syscall(K.SYS_PRCTL, K.PR_SET_NAME, put_string(p, p.proc.comm[:15]))
     status = p.proc.exit_status
     signo = status & 0x7F
     if signo:
@@ -65,6 +68,9 @@ def resume_sync(ctx: RestoreContext) -> None:
         for tid in reversed(tids):
             pt.detach(tid)
         p.thread_tids.clear()
+    for p in ctx.live:
+        if p.proc.stop_signal:   # stopped it was, stopped it stays: SIGCONT goes on
+            os.kill(p.pid, p.proc.stop_signal)
     for r, w in ctx.pipe_ends.values():
         os.close(r)
         os.close(w)
