@@ -139,18 +139,6 @@ def test_dump_into_missing_parent(procs: Procs, tmp_path: Path) -> None:
     assert_unharmed(w, out)
 
 
-def test_dump_process_tree(procs: Procs, tmp_path: Path) -> None:
-    """A process with a child (process trees are not supported yet): refused, not half-dumped."""
-    w, out = running_counter(procs, tmp_path, "--child")
-    wait_until(lambda: len(Path(f"/proc/{w.pid}/task/{w.pid}/children").read_text()) > 0,
-               5.0, "the counter's child")
-    images = tmp_path / "img"
-    line = error_line(lazarus("dump", "-t", str(w.pid), "-D", str(images)))
-    assert "child" in line and "not supported" in line
-    assert_no_image(images)
-    assert_unharmed(w, out)
-
-
 @pytest.mark.parametrize("what", ["socket", "deleted-file"])
 def test_dump_refused_after_freeze(procs: Procs, tmp_path: Path, what: str) -> None:
     """Found only once the target is frozen: it must be thawed exactly as it was."""

@@ -386,13 +386,13 @@ def test_long_sleep_is_restarted(procs: Procs, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ robustness
 
 
-@pytest.mark.xfail(strict=True, reason="LAZARUS BUG: the clone3 restore helper runs Python "
-                   "code before execve and deadlocks on the GIL hand-off if another thread "
-                   "asked for the GIL (restore then fails after 5 s with a TraceError "
-                   "traceback); seen under load in test_dump_restore_twice_in_a_row")
 def test_restore_helper_survives_gil_contention(procs: Procs, tmp_path: Path) -> None:
     """The helper child that becomes the restored process must reach execve whatever
-    the other threads of lazarus are doing (see tests/workloads/clone_race.py)."""
+    the other threads of lazarus are doing (see tests/workloads/clone_race.py).
+
+    Regression: the clone3 child used to run Python code before execve and could
+    block forever on the GIL hand-off (restores failing under load after 5 s).
+    """
     try:
         res = subprocess.run([PYTHON, str(WORKLOADS / "clone_race.py"), "30", str(tmp_path)],
                              cwd=TESTS.parent, stdin=subprocess.DEVNULL, capture_output=True,
