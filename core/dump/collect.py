@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import resource
+import signal
 import stat as st
 import struct
 
@@ -198,7 +199,10 @@ def collect_process(ctx: ProcDump) -> None:
         proc.rlimits.append(pb.Rlimit(resource=res, soft=soft & MASK64, hard=hard & MASK64))
     proc.fds.extend(collect_fds(pid))
 
-    proc.shared_pending_signals.extend(pt.peek_siginfo(pid, shared=True))
+    proc.shared_pending_signals.extend(
+        info for info in pt.peek_siginfo(pid, shared=True)
+        # Not the SIGCONT lazarus sent to hold a stopped process.
+        if not (proc.stop_signal and int.from_bytes(info[:4], "little") == signal.SIGCONT))
     states: dict[int, pb.ThreadState] = {}
     for t in sorted(ctx.threads.values(), key=lambda t: t.tid != pid):   # the leader first
         assert t.regs is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 
 from core import procfs
 from core.dump.context import DumpContext, FrozenThread, ProcDump
@@ -90,7 +91,11 @@ def freeze_process(p: ProcDump) -> None:
                 continue
             p.threads[tid].regs, p.threads[tid].sigmask, job_stop = got
             if tid == pid and job_stop:
+                # A stopped process would stop again at once if we ran code in
+                # it: end the job-control stop while we hold it (thaw and
+                # restore stop it again with the same signal).
                 p.proc.stop_signal = job_stop
+                os.kill(pid, signal.SIGCONT)
 
 
 def check_member(pid: int) -> procfs.Stat:
@@ -131,6 +136,8 @@ def thaw_process(p: ProcDump) -> None:
         except OSError as exc:
             log.warning("could not release thread %d: %s", t.tid, exc.strerror)
     p.threads.clear()
+    if p.proc.stop_signal:
+        os.kill(p.pid, p.proc.stop_signal)
 
 
 def thaw(ctx: DumpContext) -> None:

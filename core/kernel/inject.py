@@ -13,6 +13,7 @@ from core.kernel.memory import ProcMem
 SYSCALL_INT3 = b"\x0f\x05\xcc"
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 INJECT_TIMEOUT = 10.0
+NOTIFY_RETRIES = 4
 
 _NAMES = {v: k[4:].lower() for k, v in vars(K).items() if k.startswith("SYS_")}
 
@@ -51,9 +52,14 @@ class Injector:
         return regs
 
     def syscall(self, nr: int, *args: int, check: bool = True) -> int:
-        pt.set_regs(self.pid, self._prepare(nr, args))
-        pt.cont(self.pid)
-        res = pt.wait(self.pid, INJECT_TIMEOUT)
+        for _ in range(NOTIFY_RETRIES):
+            pt.set_regs(self.pid, self._prepare(nr, args))
+            pt.cont(self.pid)
+            res = pt.wait(self.pid, INJECT_TIMEOUT)
+            # A job-control notification (a SIGCONT we sent) traps before our
+            # code runs: the same call again.
+            if not (res.stopped and res.event == K.PTRACE_EVENT_STOP):
+                break
         self.count += 1
         if not (res.stopped and res.stop_signal == K.SIGTRAP):
             raise pt.TraceError(

@@ -1,0 +1,120 @@
+"""Process trees: every process comes back with its PID, parent, session and
+group; pipes, shared memory, zombies and stopped children as they were."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    Procs,
+    assert_exact,
+    children,
+    dump,
+    error_line,
+    is_alive,
+    lazarus,
+    proc_state,
+    read_counter,
+    restore_detached,
+    wait_lines,
+    wait_until,
+)
+
+PIPELINE = 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done | cat >> "$0"'
+
+
+def tree(pid: int) -> dict[int, tuple[int, int, int, str]]:
+    """pid -> (ppid, pgid, sid, state) for pid and all its descendants."""
+    out: dict[int, tuple[int, int, int, str]] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        text = Path(f"/proc/{p}/stat").read_text()
+        f = text[text.rindex(")") + 2 :].split()
+        out[p] = (int(f[1]), int(f[2]), int(f[3]), f[0])
+        todo += children(p)
+    return out
+
+
+def test_bash_pipeline_goes_on(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "counter.txt"
+    w = procs.start(["bash", "-c", PIPELINE, str(out)], "pipeline")
+    wait_lines(out, 5)
+    images = tmp_path / "img"
+    dump(w, images)
+    pid = restore_detached(images, tmp_path / "pid")
+    procs.adopt(pid)
+    assert pid == w.pid
+    assert_exact(wait_lines(out, len(read_counter(out)) + 10))
+    assert len(tree(pid)) >= 3, "bash, its subshell and cat should all be back"
+
+
+def family_readers(d: Path) -> dict[int, list[str]]:
+    out = {}
+    for n in range(3):
+        f = d / f"child{n}.txt"
+        out[n] = f.read_text().splitlines() if f.exists() else []
+    return out
+
+
+def poke_and_check(pid: int, d: Path, value: str) -> None:
+    before = sum(len(v) for v in family_readers(d).values())
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: sum(len(v) for v in family_readers(d).values()) >= before + 3, 10,
+               "the three readers to get a byte each")
+    lines = [line for v in family_readers(d).values() for line in v]
+    assert sorted(line.split()[0] for line in lines[-3:]) == ["a", "b", "c"] or \
+        sorted(line.split()[0] for line in lines if line.endswith(value)) == ["a", "b", "c"]
+    assert sum(line.endswith(value) for line in lines) == 3, lines
+
+
+@pytest.mark.parametrize("mode", ["eager", "lazy"])
+def test_family_shares_memory_and_pipe_keeps_zombie_and_stopped_child(
+        procs: Procs, tmp_path: Path, mode: str) -> None:
+    w = procs.python("family", str(tmp_path))
+    wait_until(lambda: (tmp_path / "ready").exists(), 15, "the family to be ready")
+    kids = [int(x) for x in (tmp_path / "ready").read_text().split()]
+    zombie, stopped = kids[3], kids[4]
+    wait_until(lambda: proc_state(stopped) == "T", 5, "the child to stop on SIGTSTP")
+    wait_until(lambda: proc_state(zombie) == "Z", 5, "the zombie")
+    poke_and_check(w.pid, tmp_path, "v1")
+    before = tree(w.pid)
+    images = tmp_path / "img"
+    dump(w, images)
+    extra = ["--lazy"] if mode == "lazy" else []
+    pid = restore_detached(images, tmp_path / "pid", *extra)
+    procs.adopt(pid)
+    after = tree(pid)
+    # Same PIDs, parents, groups and sessions (the root's parent is whoever
+    # restored it); the zombie a zombie, the stopped child stopped.
+    def shape(t: dict[int, tuple[int, int, int, str]]) -> dict[int, tuple[int, ...]]:
+        return {p: v[:3] if p != pid else v[1:3] for p, v in t.items()}
+    assert shape(after) == shape(before)
+    assert after[zombie][3] == "Z" and after[stopped][3] == "T"
+    assert Path(f"/proc/{zombie}/comm").read_text().strip() == "python3"
+    # A write by the parent reaches every child: through the pipe, and in the shared page.
+    poke_and_check(pid, tmp_path, "v2")
+    os.kill(stopped, signal.SIGCONT)
+    wait_until(lambda: proc_state(stopped) in ("S", "R"), 5, "SIGCONT to wake the stopped child")
+    assert is_alive(pid)
+
+
+def test_a_traced_member_refuses_the_dump_and_the_tree_goes_on(procs: Procs,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "counter.txt"
+    w = procs.start(["bash", "-c", PIPELINE, str(out)], "pipeline")
+    wait_lines(out, 3)
+    cat = next(c for c in children(w.pid) if Path(f"/proc/{c}/comm").read_text() == "cat\n")
+    libc = ctypes.CDLL(None, use_errno=True)
+    PTRACE_SEIZE = 0x4206
+    assert libc.ptrace(PTRACE_SEIZE, cat, 0, 0) == 0, os.strerror(ctypes.get_errno())
+    res = lazarus("dump", "-t", str(w.pid), "-D", str(tmp_path / "img"))
+    assert "traced by" in error_line(res)
+    assert not (tmp_path / "img").exists()
+    assert_exact(wait_lines(out, len(read_counter(out)) + 5))
+    assert all(s not in ("t", "T") for _, _, _, s in tree(w.pid).values())
