@@ -170,7 +170,8 @@ def format_lazy_stats(resume_seconds: float, lazy: LazyStats, fetched: int, wire
         f"  pages pushed      {lazy.pages_pushed}",
         f"  layout events     {lazy.events}",
         f"  pages fetched     {fetched / 1e6:.1f} MB, {wire / 1e6:.1f} MB over the wire",
-        f"  time to last page {ms(lazy.time_to_last_page)}",
+        "  time to last page " + ("n/a (the process ended first)" if lazy.process_gone
+                                  else ms(lazy.time_to_last_page)),
     ])
 
 

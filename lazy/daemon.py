@@ -48,6 +48,7 @@ class LazyStats:
     events: int = 0
 
     fault_latencies: list[float] = field(default_factory=list)
+    process_gone: bool = False      # ended before every page was in
 
     def latency(self, q: float) -> float | None:
         """Quantile q of fault service time (seconds), None without faults."""
@@ -74,6 +75,7 @@ class LazyStats:
             out.zero_pages += s.zero_pages
             out.events += s.events
             out.fault_latencies += s.fault_latencies
+            out.process_gone = out.process_gone or s.process_gone
         return out
 
     @property
@@ -177,8 +179,11 @@ class LazyDaemon:
             self._done.set_result(None)
 
     def process_gone(self) -> None:
+        """The process ended first: done, but no 'last page' time to report."""
         self._gone = True
-        self._finish()
+        self.stats.process_gone = True
+        if not self._done.done():
+            self._done.set_result(None)
 
     # -- events ------------------------------------------------------------
 

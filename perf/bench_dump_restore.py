@@ -110,15 +110,15 @@ def worker_main(argv: list[str]) -> int:
 
         dctx, stats = run_async(dump(DumpOptions(pid=a.pid, images_dir=Path(a.dir),
                                                  compress=a.compress == "lz4")))
-        out["pages_bytes"] = dctx.proc.pages_bytes
-        out["stored_bytes"] = sum(b.length for b in dctx.proc.pages)
+        out["pages_bytes"] = dctx.root.proc.pages_bytes
+        out["stored_bytes"] = sum(b.length for b in dctx.root.proc.pages)
         out["warnings"] = list(dctx.warnings)
     else:
         from core.restore import RestoreOptions, restore
 
         rctx, stats = run_async(restore(RestoreOptions(images_dir=Path(a.dir), detach=True,
                                                        write_method=a.write_method)))
-        out["pid"] = rctx.pid
+        out["pid"] = rctx.root.pid
         out["warnings"] = list(rctx.warnings)
     out["stages"] = {s.name: [s.seconds, s.nbytes] for s in stats.stages}
     out["total_seconds"] = stats.total_seconds
