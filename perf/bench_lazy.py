@@ -119,7 +119,7 @@ while True:
 """
 
 STAGE_LINE = re.compile(r"^\s+([a-z][\w-]*)\s+([\d.]+) ms\b", re.M)
-RESTORED_PID = re.compile(r"^restored PID (\d+)$", re.M)
+RESTORED_PID = re.compile(r"^restored PID (\d+)\b", re.M)
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 MS = r"(n/a|[\d.]+ ms)"
 LAZY_LINES = {
