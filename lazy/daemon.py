@@ -27,7 +27,6 @@ from lazy.source import LazySourceLost, PageSource
 log = logging.getLogger("lazarus.lazy")
 
 DEFAULT_FAULT_AROUND = 64     # pages fetched per fault
-READAHEAD_MAX = 16            # a sequential scan grows the window up to 16x fault-around
 PUSH_CHUNK_MIN = 16           # pages per request when pushing leftovers; doubles up to MAX
 PUSH_CHUNK_MAX = 1024
 EAGAIN_RETRIES = 1000
@@ -116,8 +115,6 @@ class LazyDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._gone = False
         self._closed = False
-        self._seq_next = -1           # where a sequential scan would fault next
-        self._seq_window = self.fault_around
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -271,8 +268,7 @@ class LazyDaemon:
                 self.stats.zero_pages += 1
             self._record_fault(t0)
             return
-        count = min(self._window(page), len(region.pending) - index)
-        self._seq_next = page + count * PAGE
+        count = min(self.fault_around, len(region.pending) - index)
         src = region.src + index * PAGE
         data = await self.fault_source.get_pages(src, count)
         if region.start + index * PAGE != page or index >= len(region.pending):
@@ -283,15 +279,6 @@ class LazyDaemon:
             uffd.wake(self.fd, page, PAGE)
         self._record_fault(t0)
         self._check_complete()
-
-    def _window(self, page: int) -> int:
-        """Pages to bring for a fault: fault-around, doubled while the process
-        keeps faulting right where the previous window ended (a sequential scan)."""
-        if self.fault_around > 1 and page == self._seq_next:
-            self._seq_window = min(self._seq_window * 2, self.fault_around * READAHEAD_MAX)
-        else:
-            self._seq_window = self.fault_around
-        return self._seq_window
 
     def _record_fault(self, t0: float) -> None:
         self.stats.fault_latencies.append(time.perf_counter() - t0)
