@@ -271,6 +271,18 @@ class ProcessPages:
         if group:
             yield group
 
+    def sendable_as_stored(self, group: list[int], lz4_ok: bool) -> bool:
+        """Every block of ``group`` is checked already and goes out exactly as
+        stored (one frame each): the file bytes can be sent without reading them."""
+        blocks, verified = self.by_vaddr, self.verified
+        for i in group:
+            b = blocks[i]
+            if not verified[i] or b.nr_pages > MAX_FRAME_PAGES:
+                return False
+            if b.lz4 and not (lz4_ok and b.length < b.nr_pages * PAGE_SIZE):
+                return False
+        return True
+
     def stream_pieces(self, fd: int, group: list[int], lz4_ok: bool,
                       scratch: Scratch | None = None) -> list[Piece]:
         """Read one group of blocks (one read, into ``scratch`` if it has room) and

@@ -200,6 +200,21 @@ def encode_pages(request_id: int, vaddr: int, nr_pages: int, data: Buffer, *,
     return [head, data]
 
 
+def encode_pages_header(request_id: int, vaddr: int, nr_pages: int, size: int, *,
+                        lz4: bool = False, crc32: int | None = None,
+                        end: bool = False) -> bytes:
+    """The 32 bytes that go before ``size`` bytes of page data in a PAGES frame
+    (for a sender that writes the data itself, e.g. with sendfile)."""
+    n = nr_pages * PAGE_SIZE
+    if not 1 <= nr_pages <= MAX_FRAME_PAGES or vaddr % PAGE_SIZE or vaddr + n > 1 << 64:
+        raise ValueError(f"bad page run {vaddr:#x} + {nr_pages} pages")
+    if (lz4 and not 0 < size < n) or (not lz4 and size != n):
+        raise ValueError(f"{size} bytes of page data for {nr_pages} pages")
+    flags = (F_LZ4 if lz4 else 0) | (F_CRC if crc32 is not None else 0) | (F_END if end else 0)
+    return encode_header(FrameType.PAGES, flags, request_id, PAGE_HEADER_SIZE + size) + \
+        PAGE_HEADER.pack(vaddr, nr_pages, crc32 or 0)
+
+
 def encode_zero_pages(request_id: int, vaddr: int, nr_pages: int, *, end: bool = False) -> bytes:
     """A PAGES frame for a hole: no data, the pages read as zeros."""
     _check_id(request_id)

@@ -32,7 +32,9 @@ from .catalog import Catalog, CatalogError, Piece, ProcessPages, Scratch, Upload
 from .protocol import (
     DATA_CHUNK,
     FEATURE_LZ4,
+    HEADER_SIZE,
     MAX_FRAME_PAGES,
+    PAGE_HEADER_SIZE,
     PAGE_SIZE,
     PROTOCOL_VERSION,
     BadMagic,
@@ -44,6 +46,7 @@ from .protocol import (
     RequestReceived,
     ServerConnection,
     VersionMismatch,
+    encode_pages_header,
 )
 
 log = logging.getLogger("pageserver")
@@ -86,6 +89,8 @@ class _Session(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._scratch: Scratch | None = None
+        # While a stream writes to the socket itself, other writes wait here.
+        self._held: list[Buffer] | None = None
 
     # -- asyncio callbacks
 
@@ -178,12 +183,19 @@ class _Session(asyncio.BufferedProtocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.bytes_out += len(data)
-            self.transport.write(data)
+            if self._held is not None:
+                self._held.append(data)
+            else:
+                self.transport.write(data)
 
     def writelines(self, bufs: list[Buffer]) -> None:
         if self.transport is not None and not self.closed:
             self.bytes_out += sum(len(b) for b in bufs)
-            self.transport.writelines(bufs)
+            if self._held is not None:
+                # Views of reused buffers must not wait: copy them.
+                self._held += [bytes(b) for b in bufs]
+            else:
+                self.transport.writelines(bufs)
 
     def drop(self, reason: str) -> None:
         """Cut the connection now (the one log line comes from connection_lost)."""
@@ -416,7 +428,90 @@ class _Session(asyncio.BufferedProtocol):
                 raise ConnectionResetError("client gone")
             if self.transport.get_write_buffer_size() <= self.bytes_out - mark:
                 return
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.0005)
+
+    def _socket_fd(self) -> int | None:
+        """A dup of the socket's fd, for writing to it directly; None under TLS."""
+        t = self.transport
+        if not self.server.sendfile or t is None or t.get_extra_info("sslcontext") is not None:
+            return None
+        sock = t.get_extra_info("socket")
+        try:
+            return os.dup(sock.fileno()) if sock is not None else None
+        except (OSError, AttributeError):
+            return None
+
+    async def _writable(self, fd: int) -> None:
+        fut = self.loop.create_future()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+        self.loop.add_writer(fd, ready)
+        try:
+            await fut
+        finally:
+            self.loop.remove_writer(fd)
+
+    async def _send_stored(self, rid: int, entry: ProcessPages, group: list[int],
+                           lz4_ok: bool, sock: int, fd: int) -> int:
+        """Send blocks as stored, straight from the file to the socket (sendfile):
+        no read, no copy. Only while the transport has nothing buffered, other
+        writes held back meanwhile so that frames stay whole and in order; those
+        go out between two blocks. Returns the pages sent."""
+        assert self.transport is not None
+        opt = self.transport.get_extra_info("socket")
+        pages = 0
+
+        def release() -> None:
+            held, self._held = self._held, None
+            if not self.closed and self.transport is not None:
+                try:
+                    opt.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                except OSError:
+                    pass
+                if held:
+                    self.transport.writelines(held)
+
+        for i in group:
+            if self._held is None:
+                await self._sent_through(self.bytes_out)   # the transport is empty
+                self._held = []
+                opt.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            try:
+                b = entry.by_vaddr[i]
+                head = memoryview(encode_pages_header(
+                    rid, b.vaddr, b.nr_pages, b.length, lz4=b.lz4 and lz4_ok, crc32=b.crc32))
+                while head:
+                    try:
+                        head = head[os.write(sock, head):]
+                    except BlockingIOError:
+                        await self._writable(sock)
+                off, left = b.offset, b.length
+                while left:
+                    try:
+                        n = os.sendfile(sock, fd, off, left)
+                    except BlockingIOError:
+                        await self._writable(sock)
+                        continue
+                    if n == 0:
+                        # Half a frame is out: this connection cannot go on.
+                        self.drop(f"image {entry.image}: pages file of {entry.pid} shrank"
+                                  " while being sent")
+                        raise ConnectionResetError("pages file shrank")
+                    off += n
+                    left -= n
+            except BaseException:
+                release()
+                raise
+            self.bytes_out += HEADER_SIZE + PAGE_HEADER_SIZE + b.length
+            pages += b.nr_pages
+            if self._held:
+                release()          # replies that came meanwhile go out now
+        if self._held is not None:
+            release()
+        self.pages_served += pages
+        return pages
 
     async def _stream(self, rid: int, entry: ProcessPages) -> None:
         # Our own fd: the shared one may be closed if the index is evicted meanwhile.
@@ -431,7 +526,10 @@ class _Session(asyncio.BufferedProtocol):
         buffers = [Scratch(STREAM_CHUNK) for _ in range(STREAM_AHEAD + 2)]
         sent_mark = [0] * len(buffers)
         turn = 0
-        inflight: deque[tuple[asyncio.Future[list[Piece]], int]] = deque()
+        # (read in the pool, buffer index) or, for blocks that go out as
+        # stored and were checked before, (None, the block indexes).
+        inflight: deque[tuple[asyncio.Future[list[Piece]] | None, int | list[int]]] = deque()
+        sock = self._socket_fd()
 
         async def fill() -> None:
             nonlocal turn
@@ -439,6 +537,9 @@ class _Session(asyncio.BufferedProtocol):
                 group = next(groups, None)
                 if group is None:
                     return
+                if sock is not None and entry.sendable_as_stored(group, lz4_ok):
+                    inflight.append((None, group))
+                    continue
                 j = turn % len(buffers)
                 turn += 1
                 await self._sent_through(sent_mark[j])
@@ -449,12 +550,22 @@ class _Session(asyncio.BufferedProtocol):
         try:
             await fill()
             while inflight:
-                fut, j = inflight[0]
+                fut, what = inflight[0]
+                if fut is None:
+                    assert isinstance(what, list) and sock is not None
+                    inflight.popleft()
+                    await fill()
+                    # Straight from the file, once the transport has sent all it holds.
+                    await self._sent_through(self.bytes_out)
+                    pages += await self._send_stored(rid, entry, what, lz4_ok, sock, fd)
+                    frames += len(what)
+                    continue
+                assert isinstance(what, int)
                 pieces = await fut
                 inflight.popleft()
                 await fill()
                 self.writelines(self._frames(rid, pieces, end=False))
-                sent_mark[j] = self.bytes_out
+                sent_mark[what] = self.bytes_out
                 frames += len(pieces)
                 pages += sum(p.nr_pages for p in pieces)
                 await self.drain()
@@ -463,7 +574,9 @@ class _Session(asyncio.BufferedProtocol):
         except CatalogError as e:
             self.write(self.conn.send_error(rid, e.code, str(e)))
         finally:
-            running = [f for f, _ in inflight if not f.done()]
+            if sock is not None:
+                os.close(sock)
+            running = [f for f, _ in inflight if f is not None and not f.done()]
             if not running:
                 os.close(fd)
             else:
@@ -483,9 +596,10 @@ class PageServer:
 
     def __init__(self, images: Path, *, token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, lz4: bool = True,
-                 hello_timeout: float = HELLO_TIMEOUT) -> None:
+                 hello_timeout: float = HELLO_TIMEOUT, sendfile: bool = True) -> None:
         self.catalog = Catalog(images)
         self.hello_timeout = hello_timeout
+        self.sendfile = sendfile
         self.token = token
         self.ssl_context = ssl_context
         self.lz4 = lz4

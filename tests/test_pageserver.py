@@ -500,6 +500,37 @@ def test_client_works_on_uvloop_and_in_process_server(images: Path) -> None:
     uvloop.run(asyncio.wait_for(main(), TEST_TIMEOUT))
 
 
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "writev"])
+def test_warm_stream_with_page_requests_interleaved(images: Path, sendfile: bool) -> None:
+    """Once its blocks are checked, a stream goes out straight from the file
+    (sendfile); page replies on the same connection must still come out whole."""
+    whole = expected_pages(images / "alpha", ALPHA_PID, BASE, 2000)
+    blocks = expected_blocks(images / "alpha", ALPHA_PID)
+
+    async def main() -> None:
+        srv = PageServer(images, sendfile=sendfile)
+        [(host, port)] = await srv.start([("127.0.0.1", 0)])
+        try:
+            c = await PageClient.connect(host, port, verify=True)
+            try:
+                for rnd in range(3):             # cold, then warm twice
+                    async def faults(first: int) -> None:
+                        for f in range(first, 2000, 41):
+                            n = min(32, 2000 - f)
+                            got = await c.get_pages("alpha", ALPHA_PID, BASE + f * PAGE_SIZE, n)
+                            assert got == whole[f * PAGE_SIZE : (f + n) * PAGE_SIZE]
+
+                    async def stream() -> dict[int, bytes]:
+                        return {v: d async for v, d in c.stream_pages("alpha", ALPHA_PID)}
+                    got, _ = await asyncio.gather(stream(), faults(rnd))
+                    assert got == blocks
+            finally:
+                await c.close()
+        finally:
+            await srv.close()
+    run(main())
+
+
 # ------------------------------------------------------------------ put and pull
 
 
