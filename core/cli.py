@@ -18,8 +18,8 @@ from core.check import run_checks
 from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
 from core.remote import ServerAddress
-from core.restore.context import ProcRestore, RestoreOptions
-from lazy.daemon import LazyError, LazyStats
+from core.restore.context import RestoreOptions
+from lazy.daemon import LazyDaemon, LazyError, LazyStats
 
 T = TypeVar("T")
 log = logging.getLogger("lazarus")
@@ -188,13 +188,16 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
         print(f"restored PID {root.pid} ({len(ctx.procs)} process(es))", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
     detacher.report(f"ok {root.pid}\n", args.log_file)
-    served = [p for p in ctx.live if p.daemon is not None]
-    if served:
-        results = await asyncio.gather(*(serve_pages(p) for p in served),
-                                       return_exceptions=True)
+    daemons = [p.daemon for p in ctx.live if p.daemon is not None]
+    if daemons:
+        sources = [s for p in ctx.live for s in (p.source, p.push_source) if s is not None]
+        try:
+            results = await serve_all(daemons)
+        finally:
+            for source in sources:
+                await source.close()
         errors = [r for r in results if isinstance(r, BaseException)]
         if args.stats:
-            sources = [s for p in served for s in (p.source, p.push_source) if s is not None]
             lazy_stats = LazyStats.merge([r for r in results if isinstance(r, LazyStats)])
             print(format_lazy_stats(stats.total_seconds, lazy_stats,
                                     sum(s.bytes_fetched for s in sources),
@@ -204,22 +207,44 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
     return root.pid
 
 
-async def serve_pages(p: ProcRestore) -> LazyStats:
-    """One process's lazy daemon until all its pages are in or it is gone."""
+async def serve_all(daemons: list[LazyDaemon]) -> list[LazyStats | BaseException]:
+    """Every lazy daemon until its process has all its pages or is gone,
+    including daemons of children forked meanwhile."""
+    tasks: set[asyncio.Task[LazyStats]] = set()
+
+    def add(daemon: LazyDaemon) -> None:
+        daemon.on_fork = add
+        tasks.add(asyncio.get_running_loop().create_task(serve_daemon(daemon)))
+
+    for daemon in daemons:
+        add(daemon)
+    results: list[LazyStats | BaseException] = []
+    while tasks:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            tasks.discard(task)
+            exc = task.exception()
+            results.append(exc if exc is not None else task.result())
+    return results
+
+
+async def serve_daemon(daemon: LazyDaemon) -> LazyStats:
     from core.kernel.process import pidfd_open
 
-    assert p.daemon is not None
-    pidfd = pidfd_open(p.pid)
-    loop = asyncio.get_running_loop()
-    loop.add_reader(pidfd, p.daemon.process_gone)
+    if not daemon.pid:
+        return await daemon.wait()
     try:
-        return await p.daemon.wait()
+        pidfd = pidfd_open(daemon.pid)
+    except OSError:        # gone already
+        daemon.process_gone()
+        return await daemon.wait()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pidfd, daemon.process_gone)
+    try:
+        return await daemon.wait()
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        for source in (p.source, p.push_source):
-            if source is not None:
-                await source.close()
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

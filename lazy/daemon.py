@@ -18,8 +18,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core import procfs
 from core.kernel import uffd
 from lazy.regions import PAGE, Region, RegionMap
 from lazy.source import LazySourceLost, PageSource
@@ -67,7 +69,7 @@ class LazyStats:
         resumed = [s.resumed_at for s in many if s.resumed_at is not None]
         finished = [s.finished_at for s in many if s.finished_at is not None]
         out.resumed_at = min(resumed) if resumed else None
-        out.finished_at = max(finished) if len(finished) == len(many) else None
+        out.finished_at = max(finished) if finished else None
         for s in many:
             out.faults += s.faults
             out.pages_faulted += s.pages_faulted
@@ -75,7 +77,7 @@ class LazyStats:
             out.zero_pages += s.zero_pages
             out.events += s.events
             out.fault_latencies += s.fault_latencies
-            out.process_gone = out.process_gone or s.process_gone
+        out.process_gone = all(s.process_gone for s in many)
         return out
 
     @property
@@ -100,7 +102,8 @@ class LazyDaemon:
     def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
                  push_source: PageSource | None = None,
                  fault_around: int = DEFAULT_FAULT_AROUND, push_delay: float = 0.0,
-                 stall_timeout: float = 30.0) -> None:
+                 stall_timeout: float = 30.0,
+                 on_fork: Callable[[LazyDaemon], None] | None = None) -> None:
         self.fd = uffd_fd
         self.pid = pid
         self.regions = regions
@@ -115,11 +118,16 @@ class LazyDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._gone = False
         self._closed = False
+        # A child forked while pages are still lazy gets a daemon of its own;
+        # whoever runs the daemons is told through on_fork.
+        self.on_fork = on_fork
+        self._known_children: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
         """Start reading the uffd; call before REGISTER can see a fault."""
+        self._known_children = set(procfs.children(self.pid)) if self.pid else set()
         self._loop.add_reader(self.fd, self._on_readable)
 
     def start_push(self) -> None:
@@ -163,7 +171,8 @@ class LazyDaemon:
         if not self._gone:
             # Never let the process read a missing page as zeros: end it.
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                if self.pid:
+                    os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             what = str(exc) if isinstance(exc, LazySourceLost) else \
@@ -198,9 +207,31 @@ class LazyDaemon:
             elif msg.event == uffd.UFFD_EVENT_REMAP:
                 self.stats.events += 1
                 self.regions.remap(msg.a, msg.b, msg.c)
+            elif msg.event == uffd.UFFD_EVENT_FORK:
+                self.stats.events += 1
+                self._on_fork(msg.a & 0xFFFFFFFF)
             else:
                 log.warning("unexpected userfaultfd event %#x", msg.event)
         self._check_complete()
+
+    def _on_fork(self, child_fd: int) -> None:
+        """The child's memory is the parent's as it is now: the same pages are
+        still owed to it, through the uffd the kernel made for it."""
+        child_pid = 0
+        try:
+            now = set(procfs.children(self.pid))
+            new = sorted(now - self._known_children)
+            self._known_children = now
+            child_pid = new[0] if new else 0
+        except OSError:
+            pass
+        child = LazyDaemon(child_fd, child_pid, self.regions.copy(), self.fault_source,
+                           self.push_source, self.fault_around, 0.0, self.stall_timeout,
+                           self.on_fork)
+        child.start()
+        child.start_push()
+        if self.on_fork is not None:
+            self.on_fork(child)
 
     def _check_complete(self) -> None:
         if self.regions.pending_pages == 0 and self.stats.resumed_at is not None:

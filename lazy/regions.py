@@ -35,6 +35,14 @@ class RegionMap:
     def __iter__(self) -> Iterator[Region]:
         return iter(list(self._regions))
 
+    def copy(self) -> RegionMap:
+        """An independent map with the same pages owed (for a forked child)."""
+        out = RegionMap()
+        out._regions = [Region(r.start, r.end, r.src, bytearray(r.pending), r.left)
+                        for r in self._regions]
+        out.pending_pages = self.pending_pages
+        return out
+
     def add(self, start: int, end: int, stored: list[tuple[int, int]]) -> None:
         """Track [start, end); `stored` lists (vaddr, nr_pages) the image holds in it."""
         npages = (end - start) // PAGE

@@ -95,3 +95,30 @@ def test_lazy_layout_changes_right_after_restore(procs: Procs, tmp_path: Path) -
     wait_until(lambda: (tmp_path / "result").exists(), 30, "the workload's verdict")
     assert (tmp_path / "result").read_text() == "ok\n"
     assert is_alive(pid)
+
+
+def test_lazy_process_forking_children_meanwhile(procs: Procs, tmp_path: Path) -> None:
+    """Children forked while pages are still lazy get every page too (uffd fork events)."""
+    w = procs.python("forker", str(tmp_path))
+    wait_until(lambda: (tmp_path / "ready").exists(), 30, "the forker to fill its memory")
+    results = tmp_path / "children.txt"
+    wait_until(lambda: results.exists() and results.read_text().count("\n") >= 2, 30,
+               "the first children")
+    images = tmp_path / "img"
+    dump(w, images)
+    # The wait (and with it the fork) can catch the forker between a child's
+    # exit and its reaping: let it finish its current round first.
+    before = results.read_text().count("\n")
+    log = tmp_path / "daemon.log"
+    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "2",
+                           "--fault-around", "8", "--stats", "--log-file", str(log))
+    procs.adopt(pid)
+    wait_until(lambda: results.read_text().count("\n") >= before + 10, 60,
+               "ten children forked after the restore to report")
+    lines = results.read_text().split()
+    assert set(lines) == {"ok"}, f"children saw wrong memory: {lines.count('bad')} bad"
+    assert is_alive(pid)
+    wait_until(lambda: log.exists() and "layout events" in log.read_text(), ALL_PAGES_TIMEOUT,
+               "the lazy daemons to finish")
+    events = int(log.read_text().split("layout events")[1].split()[0])
+    assert events >= 1, "no fork event reached the daemon: the children were not lazy"

@@ -18,7 +18,7 @@ from lazy.daemon import LazyDaemon
 from lazy.regions import RegionMap
 
 UFFD_FEATURES = uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE | \
-    uffd.UFFD_FEATURE_EVENT_UNMAP
+    uffd.UFFD_FEATURE_EVENT_UNMAP | uffd.UFFD_FEATURE_EVENT_FORK
 
 
 def split_blocks(proc: pb.ProcessImage) -> tuple[list[pb.PageBlock], dict[int, list[pb.PageBlock]]]:
