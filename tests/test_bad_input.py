@@ -154,16 +154,23 @@ def test_dump_refused_after_freeze(procs: Procs, tmp_path: Path, what: str) -> N
     assert_unharmed(w, out)
 
 
-def test_dump_stopped_process(procs: Procs, tmp_path: Path) -> None:
+def test_dump_traced_process(procs: Procs, tmp_path: Path) -> None:
+    """A process someone else traces (here strace) is refused; both go on unharmed."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
     w, out = running_counter(procs, tmp_path)
-    os.kill(w.pid, signal.SIGSTOP)
-    wait_until(lambda: proc_state(w.pid) == "T", 5.0, "the target to stop")
+    tracer = procs.start([strace, "-qq", "-p", str(w.pid), "-o", str(tmp_path / "strace.out")],
+                         "strace")
+    wait_until(lambda: tracer_pid(w.pid) == tracer.pid, 10.0, "strace to attach")
     images = tmp_path / "img"
     line = error_line(lazarus("dump", "-t", str(w.pid), "-D", str(images)))
-    assert "stopped" in line
+    assert "traced" in line and str(tracer.pid) in line
     assert_no_image(images)
-    assert proc_state(w.pid) == "T", "a stopped target must stay stopped"
-    os.kill(w.pid, signal.SIGCONT)
+    assert tracer_pid(w.pid) == tracer.pid and tracer.popen is not None
+    assert tracer.popen.poll() is None, "strace died"
+    tracer.popen.terminate()   # strace detaches on SIGTERM
+    tracer.reap()
     assert_unharmed(w, out)
 
 
