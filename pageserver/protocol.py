@@ -84,10 +84,11 @@ DATA_CHUNK = 1 << 20                                # file bytes per DATA frame 
 FEATURE_LZ4 = "lz4"
 KNOWN_FEATURES = frozenset({FEATURE_LZ4})
 
-# Frames up to this size that are not complete yet wait in the receive
-# buffer; larger ones are read straight into the payload buffer.
-_SMALL_FRAME = 64 * 1024
+# Receive buffer: small for connections that only see small frames, grown to
+# two largest frames as soon as a large one comes (a read then takes in many).
 _RECV_BUFFER = 256 * 1024
+_BIG_BUFFER = 2 * (HEADER_SIZE + MAX_PAYLOAD)
+_MIN_READ = 64 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -237,60 +238,57 @@ class FrameDecoder:
     """Cuts a byte stream into frames, checking each header before reading its payload.
 
     Receive in place with get_buffer()/buffer_updated(), or hand in bytes
-    with feed(). Payload views stay valid until the next call into the decoder.
+    with feed(). Frames are parsed where they were received, in one linear
+    buffer: payloads are views into it, valid until the next call into the
+    decoder. The buffer starts small and grows (once, to two maximum frames)
+    when large frames come, so that each read takes in many of them.
     """
 
     def __init__(self, accept: Iterable[FrameType]) -> None:
         self._accept = frozenset(accept)
         self._buf = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buf)
-        self._start = 0
-        self._end = 0
-        # Large frame being read in place: header fields and bytes so far.
-        self._big: bytearray | None = None
-        self._big_view: memoryview | None = None
-        self._big_len = 0
-        self._big_filled = 0
-        self._big_head: tuple[FrameType, int, int] = (FrameType.DATA, 0, 0)
-        # After a large frame, read the next header alone, so that a large
-        # payload after it goes straight into the payload buffer too.
-        self._expect_big = False
+        self._start = 0             # first byte not yet returned as part of a frame
+        self._end = 0               # end of the bytes received
+        self._need = HEADER_SIZE    # bytes from _start that the next frame needs
         self.bytes_received = 0
 
     # -- receiving
 
     def get_buffer(self) -> memoryview:
         """Where the next received bytes must go (never empty)."""
-        if self._big_head_active():
-            assert self._big_view is not None
-            return self._big_view[self._big_filled : self._big_len]
         start, end = self._start, self._end
         if start == end:
-            self._start = self._end = 0
-        elif len(self._buf) - end < _SMALL_FRAME + HEADER_SIZE:
-            # Keep room for a whole small frame after the partial one.
-            self._buf[: end - start] = self._view[start:end]
-            self._start, self._end = 0, end - start
-        if self._expect_big:
-            need = HEADER_SIZE - (self._end - self._start)
-            if need > 0:
-                return self._view[self._end : self._end + need]
+            self._start = self._end = start = end = 0
+        cap = len(self._buf)
+        need = self._need
+        if need > cap or (need > cap // 4 and cap < _BIG_BUFFER):
+            self._move(max(need, _BIG_BUFFER))
+        elif start + need > cap or cap - end < _MIN_READ:
+            self._move(cap)
         return self._view[self._end :]
+
+    def _move(self, capacity: int) -> None:
+        """Put the partial frame at the start of a buffer of ``capacity`` bytes."""
+        start, end = self._start, self._end
+        n = end - start
+        if capacity != len(self._buf):
+            # Views handed out before keep the old buffer alive as long as needed.
+            buf = bytearray(capacity)
+            buf[:n] = self._view[start:end]
+            self._buf, self._view = buf, memoryview(buf)
+        elif n <= start:
+            self._buf[:n] = self._view[start:end]     # no overlap
+        else:
+            self._buf[:n] = bytes(self._view[start:end])
+        self._start, self._end = 0, n
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
         """``nbytes`` were written at the start of the last get_buffer(); return whole frames."""
         self.bytes_received += nbytes
-        if self._big_head_active():
-            self._big_filled += nbytes
-            if self._big_filled < self._big_len:
-                return []
-            ftype, flags, rid = self._big_head
-            assert self._big_view is not None
-            frame = Frame(ftype, flags, rid, self._big_view[: self._big_len])
-            self._big_len = 0
-            self._expect_big = True
-            return [frame]
         self._end += nbytes
+        if self._end - self._start < self._need:
+            return []
         return self._parse()
 
     def feed(self, data: Buffer) -> list[Frame]:
@@ -309,14 +307,11 @@ class FrameDecoder:
 
     def eof(self) -> None:
         """The peer closed its side: an error if it did so in the middle of a frame."""
-        if self._big_head_active():
-            raise ProtocolError(
-                f"connection closed in the middle of a frame ({self._big_filled} of"
-                f" {self._big_len} payload bytes)")
-        if self._end > self._start:
-            raise ProtocolError(
-                f"connection closed in the middle of a frame ({self._end - self._start}"
-                " bytes of it received)")
+        have = self._end - self._start
+        if have:
+            what = f"{have} of {self._need} bytes" if self._need > HEADER_SIZE \
+                else f"{have} bytes of its header"
+            raise ProtocolError(f"connection closed in the middle of a frame ({what})")
 
     def peek(self, n: int = 16) -> bytes:
         """Up to ``n`` bytes of a partial frame waiting in the buffer (for diagnostics)."""
@@ -325,12 +320,9 @@ class FrameDecoder:
     @property
     def idle(self) -> bool:
         """No partial frame is buffered."""
-        return not self._big_head_active() and self._end == self._start
+        return self._end == self._start
 
     # -- internals
-
-    def _big_head_active(self) -> bool:
-        return self._big_len > 0
 
     def _check(self, magic: bytes, version: int, ftype: int, flags: int, length: int) -> FrameType:
         if magic != MAGIC:
@@ -354,31 +346,19 @@ class FrameDecoder:
         frames: list[Frame] = []
         buf, view = self._buf, self._view
         start, end = self._start, self._end
+        need = HEADER_SIZE
         while end - start >= HEADER_SIZE:
             magic, version, ftype, flags, rid, length = HEADER.unpack_from(buf, start)
             t = self._check(magic, version, ftype, flags, length)
             total = HEADER_SIZE + length
-            if end - start >= total:
-                frames.append(Frame(t, flags, rid, view[start + HEADER_SIZE : start + total]))
-                start += total
-                self._expect_big = False
-                continue
-            if total > _SMALL_FRAME:
-                # Read the rest straight into the (reused) large-payload buffer.
-                if self._big is None:
-                    self._big = bytearray(MAX_PAYLOAD)
-                    self._big_view = memoryview(self._big)
-                assert self._big_view is not None
-                have = end - start - HEADER_SIZE
-                self._big_view[:have] = view[start + HEADER_SIZE : end]
-                self._big_len = length
-                self._big_filled = have
-                self._big_head = (t, flags, rid)
-                start = end
-            break
-        # The consumed bytes are not reused before the next get_buffer(), so
+            if end - start < total:
+                need = total
+                break
+            frames.append(Frame(t, flags, rid, view[start + HEADER_SIZE : start + total]))
+            start += total
+        # Nothing before _end is overwritten before the next get_buffer(), so
         # the payload views returned here stay valid until then.
-        self._start, self._end = start, end
+        self._start, self._need = start, need
         return frames
 
 
