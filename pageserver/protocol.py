@@ -45,11 +45,12 @@ be trusted any more and must be dropped.
 Buffers
 -------
 :meth:`get_buffer`/:meth:`buffer_updated` follow asyncio.BufferedProtocol so
-bytes are received in place: a large payload (page data) is read straight
-into one reusable buffer, with no copy. The payload views of the events these
-two return are valid only until the next call into the same connection:
-copy (or decompress) what must be kept. :meth:`receive_data` copies, for
-callers that prefer plain bytes in, and for tests.
+bytes are received in place: the socket is read into one linear buffer (grown
+to two maximum frames once large frames come, so one read takes in many) and
+frames are parsed where they landed, with no copy. The payload views of the
+events these two return are valid only until the next call into the same
+connection: copy (or decompress) what must be kept. :meth:`receive_data`
+copies, for callers that prefer plain bytes in, and for tests.
 """
 
 from __future__ import annotations
