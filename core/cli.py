@@ -87,7 +87,7 @@ def exit_status(status: int) -> int:
     return 1
 
 
-def wait_restored(pid: int) -> int:
+def wait_restored(pid: int, report: int = -1) -> int:
     """Wait for the restored child like its parent would, passing on signals meant for it."""
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -97,6 +97,12 @@ def wait_restored(pid: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
+    if report >= 0:
+        # In its own PID namespace the process is the init's child: the init
+        # tells its wait status.
+        with os.fdopen(report, "rb") as pipe:
+            word = pipe.read().strip()
+        return exit_status(int(word)) if word.isdigit() else 1
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -176,8 +182,10 @@ def format_lazy_stats(resume_seconds: float, lazy: LazyStats, fetched: int, wire
 
 
 async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
-                            detacher: Detacher) -> int:
-    """Restore; in lazy mode keep serving pages until all are in. Returns the root PID."""
+                            detacher: Detacher) -> tuple[int, int]:
+    """Restore; in lazy mode keep serving pages until all are in. Returns the
+    root's PID and, with --pidns, the fd on which the namespace's init reports
+    the root's wait status (else -1)."""
     from core.restore import restore
 
     ctx, stats = await restore(opts)
@@ -204,7 +212,7 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
                                     sum(s.wire_bytes for s in sources)), file=sys.stderr)
         if errors:
             raise errors[0]
-    return root.pid
+    return root.pid, ctx.init_report
 
 
 async def serve_all(daemons: list[LazyDaemon]) -> list[LazyStats | BaseException]:
@@ -259,14 +267,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
                           write_method=args.write_method, lazy=args.lazy,
                           fault_around=args.fault_around, lazy_timeout=args.lazy_timeout,
                           push_delay=args.push_delay, server=server_of(args),
-                          image_name=args.image)
+                          image_name=args.image, pidns=args.pidns)
     detacher = Detacher()
     if args.lazy and args.detach:
         status = detacher.fork()
         if status is not None:
             return status
     try:
-        pid = run_async(restore_and_serve(opts, args, detacher))
+        pid, report = run_async(restore_and_serve(opts, args, detacher))
     except (LazarusError, ImageError, LazyError) as exc:
         if detacher.waiting:
             # The parent is still attached to the caller: it says it, once.
@@ -274,8 +282,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             return 1
         raise
     if args.detach:
+        if report >= 0:
+            os.close(report)
         return 0
-    return wait_restored(pid)
+    return wait_restored(pid, report)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -353,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "outside file KEY (as `lazarus show` names it, e.g. pipe:[1234])")
     r.add_argument("--write-method", choices=("procmem", "vmwritev"), default="procmem",
                    help=argparse.SUPPRESS)
+    r.add_argument("--pidns", action="store_true",
+                   help="restore into a new PID namespace (with an init of lazarus's that "
+                        "reaps), where the processes get their own PIDs: the same image can "
+                        "then be restored several times at once")
     r.add_argument("--lazy", action="store_true",
                    help="start the process at once and fault its memory in on demand")
     r.add_argument("--fault-around", type=int, default=64, metavar="PAGES",

@@ -59,23 +59,55 @@ def _spawn_fn() -> Callable[..., int]:
     return _spawn
 
 
-def clone_traced_helper(pid: int, exe: str = HELPER_EXE) -> int:
-    """Create a child with PID `pid` that does PTRACE_TRACEME and execs `exe`;
-    it stops with SIGTRAP right after exec, before running any code of its own.
+def clone_traced(argv: list[str], pid: int = 0, flags: int = 0) -> int:
+    """Create a child (with PID `pid` in its PID namespace when given) that does
+    PTRACE_TRACEME and execs argv; it stops with SIGTRAP right after exec,
+    before running any code of its own. Returns its PID as lazarus sees it.
 
     Must run on the tracer thread: the tracer of a TRACEME child is the thread
     that cloned it. Raises OSError (EEXIST while `pid` is still taken).
     """
     set_tid = (ctypes.c_int32 * 1)(pid)
-    args = CloneArgs(exit_signal=K.SIGCHLD, set_tid=addressof(set_tid), set_tid_size=1)
-    path = ctypes.create_string_buffer(exe.encode())
-    argv = (ctypes.c_void_p * 2)(addressof(path), None)
+    args = CloneArgs(flags=flags, exit_signal=K.SIGCHLD, set_tid=addressof(set_tid) if pid else 0,
+                     set_tid_size=1 if pid else 0)
+    strings = [ctypes.create_string_buffer(a.encode()) for a in argv]
+    argp = (ctypes.c_void_p * (len(argv) + 1))(*[addressof(s) for s in strings], None)
     envp = (ctypes.c_void_p * 1)(None)
-    ret = int(_spawn_fn()(addressof(args), sizeof(args), addressof(path), addressof(argv),
+    ret = int(_spawn_fn()(addressof(args), sizeof(args), addressof(strings[0]), addressof(argp),
                           addressof(envp)))
     if ret < 0:
         raise OSError(-ret, os.strerror(-ret))
     return ret
+
+
+def clone_traced_helper(pid: int, exe: str = HELPER_EXE) -> int:
+    """The restore helper: `exe` with PID `pid`, stopped right after exec."""
+    return clone_traced([exe], pid)
+
+
+# The init of a PID namespace made by --pidns (argv: root PID, report fd):
+# the restored root is its child; it reaps whatever ends in the namespace,
+# reports the root's wait status on the report fd, and ends with its last child.
+PIDNS_INIT = """
+import os, sys
+root, report = int(sys.argv[1]), int(sys.argv[2])
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+os.closerange(3, report)
+os.closerange(report + 1, 65536)
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    if pid == root:
+        try:
+            os.write(report, b"%d\\n" % status)
+            os.close(report)
+        except OSError:
+            pass
+"""
 
 
 def pidfd_open(pid: int) -> int:

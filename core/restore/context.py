@@ -29,6 +29,7 @@ class RestoreOptions:
     push_delay: float = 0.0           # seconds before the background push starts
     server: ServerAddress | None = None   # metadata and pages come from this page server
     image_name: str | None = None
+    pidns: bool = False               # restore into a new PID namespace with an init of ours
 
 
 @dataclass
@@ -44,6 +45,8 @@ class RestoreContext:
     pipe_ends: dict[int, tuple[int, int]] = field(default_factory=dict)  # ino -> lazarus's fds
     shmem_owner: dict[int, str] = field(default_factory=dict)  # shmem ino -> map_files path
     warnings: list[str] = field(default_factory=list)
+    init_pid: int = 0                  # --pidns: the namespace's init, as lazarus sees it
+    init_report: int = -1              # --pidns: where the init writes the root's wait status
 
     @property
     def root(self) -> ProcRestore:

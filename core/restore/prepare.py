@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import struct
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from core.kernel import ptrace as pt
 from core.kernel.inject import SYSCALL_INT3, Injector
 from core.kernel.libc import MASK64
 from core.kernel.memory import ProcMem
-from core.kernel.process import clone_traced_helper
+from core.kernel.process import PIDNS_INIT, clone_traced, clone_traced_helper
 from core.kernel.structs import CloneArgs
 from core.restore.addrspace import find_hole
 from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
@@ -204,13 +205,58 @@ def set_session_and_group(p: ProcRestore) -> None:
         p.inj.syscall(K.SYS_SETPGID, 0, 0)
 
 
+def make_pid_namespace(ctx: RestoreContext) -> None:
+    """A new PID namespace whose init is ours (a small reaper, traced and
+    stopped at its exec until the root is forked from it)."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        ctx.init_pid = clone_traced(
+            [sys.executable, "-c", PIDNS_INIT, str(ctx.root.proc.pid), str(w)],
+            flags=K.CLONE_NEWPID)
+    finally:
+        os.close(w)
+    ctx.init_report = r
+    res = pt.wait(ctx.init_pid, 5.0)
+    if not (res.stopped and res.stop_signal == K.SIGTRAP):
+        raise LazarusError(f"the PID namespace's init {res.describe()}")
+    pt.set_options(ctx.init_pid, K.PTRACE_O_EXITKILL | K.PTRACE_O_TRACEFORK)
+
+
+def fork_root_from_init(ctx: RestoreContext) -> int:
+    """The root is forked by the namespace's init (so the init is its parent
+    and reaps it), with the root's PID inside the namespace; then the init runs."""
+    init, root = ctx.init_pid, ctx.root
+    regs = pt.get_regs(init)
+    with ProcMem(init, writable=True) as mem:
+        inj = Injector(init, mem, regs, regs.rip)
+        try:
+            scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
+                                  K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
+            set_tid = scratch + CHILD_TID_OFFSET
+            args = CloneArgs(exit_signal=K.SIGCHLD, set_tid=set_tid, set_tid_size=1)
+            mem.write(set_tid, struct.pack("<i", root.proc.pid))
+            mem.write(scratch, bytes(args))
+            pid = inj.syscall_traced_clone(K.SYS_CLONE3, scratch, ctypes.sizeof(args))
+            inj.syscall(K.SYS_MUNMAP, scratch, 4096)
+        finally:
+            inj.restore_code()
+            pt.set_regs(init, regs)
+    pt.detach(init)
+    return pid
+
+
 def create_tree_sync(ctx: RestoreContext) -> None:
     root = ctx.root
     for fd in ctx.opts.inherit_fds.values():
         os.set_inheritable(fd, True)
-    root.pid = with_free_pid(root.proc.pid, lambda: clone_traced_helper(root.proc.pid))
+    if ctx.opts.pidns:
+        make_pid_namespace(ctx)
+        root.pid = fork_root_from_init(ctx)
+    else:
+        root.pid = with_free_pid(root.proc.pid, lambda: clone_traced_helper(root.proc.pid))
     res = pt.wait(root.pid, 5.0)
-    if not (res.stopped and res.stop_signal == K.SIGTRAP):
+    if not res.stopped:
         raise LazarusError(f"restore helper {res.describe()} before it could be set up")
     # If lazarus dies half-way, the kernel kills the half-made processes;
     # children and threads made by injection are traced from birth.
@@ -227,10 +273,11 @@ def create_tree_sync(ctx: RestoreContext) -> None:
         fork_child(parent, p)
         set_session_and_group(p)
     for p in ctx.procs:
-        if p.proc.pgid != p.proc.pid and ctx.find(p.proc.pgid) is not None and \
-                os.getpgid(p.pid) != p.proc.pgid:
+        leader = ctx.find(p.proc.pgid)
+        if p.proc.pgid != p.proc.pid and leader is not None and \
+                os.getpgid(p.pid) != os.getpgid(leader.pid):
             assert p.inj is not None
-            p.inj.syscall(K.SYS_SETPGID, 0, p.proc.pgid)
+            p.inj.syscall(K.SYS_SETPGID, 0, p.proc.pgid)   # ids as the tree sees them
 
 
 async def create_tree(ctx: RestoreContext) -> None:
@@ -256,6 +303,21 @@ def kill_tree_sync(ctx: RestoreContext) -> None:
                     pass
             p.thread_tids.clear()
             p.pid = 0
+    if ctx.init_pid:
+        kill_pidns_init(ctx)
+
+
+def kill_pidns_init(ctx: RestoreContext) -> None:
+    """SIGKILL to a PID namespace's init ends everything in it."""
+    try:
+        os.kill(ctx.init_pid, 9)
+        os.waitpid(ctx.init_pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    ctx.init_pid = 0
+    if ctx.init_report >= 0:
+        os.close(ctx.init_report)
+        ctx.init_report = -1
 
 
 async def kill_tree(ctx: RestoreContext) -> None:

@@ -10,6 +10,7 @@ import os
 import resource
 import struct
 
+from core import procfs
 from core.errors import LazarusError
 from core.images import pb
 from core.kernel import constants as K
@@ -28,7 +29,12 @@ F_DUPFD = 0
 def restore_mm(ctx: ProcRestore) -> None:
     assert ctx.inj is not None and ctx.mem is not None
     mm = ctx.proc.mm
-    exe_fd = open_in_target(ctx, mm.exe, K.O_RDONLY | K.O_CLOEXEC)
+    # The kernel refuses to replace an exe that is still mapped: when the
+    # process already runs the right file (forked from a Python init of
+    # ours for a Python image), leave it (-1).
+    current, wanted = os.stat(procfs.proc(ctx.pid, "exe")), os.stat(mm.exe)
+    same = (current.st_dev, current.st_ino) == (wanted.st_dev, wanted.st_ino)
+    exe_fd = -1 if same else open_in_target(ctx, mm.exe, K.O_RDONLY | K.O_CLOEXEC)
     auxv_addr = ctx.scratch + 1024
     ctx.mem.write(auxv_addr, mm.auxv)
     req = PrctlMmMap(
@@ -44,7 +50,8 @@ def restore_mm(ctx: ProcRestore) -> None:
         raise LazarusError(f"cannot restore the memory layout fields (prctl PR_SET_MM_MAP): "
                            f"{exc.strerror}") from None
     finally:
-        ctx.inj.syscall(K.SYS_CLOSE, exe_fd)
+        if exe_fd >= 0:
+            ctx.inj.syscall(K.SYS_CLOSE, exe_fd)
 
 
 def restore_task_basics(ctx: ProcRestore) -> None:
@@ -150,7 +157,7 @@ def restore_pending_signals(ctx: ProcRestore) -> None:
     """Queue again what was pending; the process sends them to itself, which
     lets every si_code through (they stay blocked until resume)."""
     assert ctx.inj is not None and ctx.mem is not None
-    pid = ctx.pid
+    pid = ctx.proc.pid   # injected: the PID as the process itself sees it
     queued = [(0, info) for info in ctx.proc.shared_pending_signals] + \
         [(thread.tid, info) for thread in ctx.proc.threads for info in thread.pending_signals]
     for tid, info in queued:
