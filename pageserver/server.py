@@ -423,12 +423,19 @@ class _Session(asyncio.BufferedProtocol):
     async def _sent_through(self, mark: int) -> None:
         """Wait until every byte queued before ``mark`` (a bytes_out value) left the
         transport's buffer: what is still buffered is always the most recent bytes."""
+        delay = 0.0005
         while True:
             if self.closed or self.transport is None:
                 raise ConnectionResetError("client gone")
             if self.transport.get_write_buffer_size() <= self.bytes_out - mark:
                 return
-            await asyncio.sleep(0.0005)
+            if self._paused:
+                await self.drain()          # woken by the transport itself
+                continue
+            # No callback for "buffer down to N bytes": poll, backing off for a
+            # client that reads slowly.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     def _socket_fd(self) -> int | None:
         """A dup of the socket's fd, for writing to it directly; None under TLS."""
