@@ -6,11 +6,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
+    LAZARUS,
     Procs,
     assert_exact,
     children,
@@ -118,3 +121,46 @@ def test_a_traced_member_refuses_the_dump_and_the_tree_goes_on(procs: Procs,
     assert not (tmp_path / "img").exists()
     assert_exact(wait_lines(out, len(read_counter(out)) + 5))
     assert all(s not in ("t", "T") for _, _, _, s in tree(w.pid).values())
+
+
+def nspid(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    raise AssertionError(f"no NSpid for {pid}")
+
+
+def test_same_image_three_times_at_once_with_pidns(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "counter.txt"
+    w = procs.python("counter", str(out))
+    wait_lines(out, 5)
+    images = tmp_path / "img"
+    dump(w, images)
+    at_dump = len(read_counter(out))
+    runs = [subprocess.Popen([LAZARUS, "restore", "-D", str(images), "-d", "--pidns",
+                              "--pidfile", str(tmp_path / f"pid{i}")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE) for i in range(3)]
+    for r in runs:
+        procs.track(r)
+    for r in runs:
+        _, err = r.communicate(timeout=60)
+        assert r.returncode == 0, err.decode()
+    pids = [int((tmp_path / f"pid{i}").read_text()) for i in range(3)]
+    inits = [parent_of(p) for p in pids]
+    for p, init in zip(pids, inits, strict=True):
+        procs.adopt(p)
+        procs.adopt(init, Path(sys.executable))
+        assert nspid(p)[-1] == w.pid, "inside its namespace the copy has the dumped PID"
+        assert nspid(init)[-1] == 1 and is_alive(p)
+    assert len(set(pids)) == 3
+    # Three writers from the same point: every value after the dump three times.
+    wait_lines(out, at_dump + 3 * 8)
+    after = read_counter(out)[at_dump:]
+    assert all(after.count(v) == 3 for v in range(at_dump, at_dump + 5)), after[:30]
+    assert read_counter(out)[:at_dump] == list(range(at_dump))
+
+
+def parent_of(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[1])
