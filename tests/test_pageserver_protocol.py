@@ -41,6 +41,7 @@ from pageserver.protocol import (
     ServerHelloReceived,
     VersionMismatch,
     encode_header,
+    encode_pages_header,
 )
 
 
@@ -156,6 +157,21 @@ def test_pages_frames_raw_lz4_zero_and_crc() -> None:
     assert len(pages[1].data) == len(packed)          # compressed on the wire
     assert pages[2].decode() == bytes(5 * PAGE_SIZE)
     assert pages[2].crc32 is None and pages[0].crc32 == zlib.crc32(raw)
+
+
+def test_pages_header_alone_matches_the_whole_frame() -> None:
+    """What a sendfile sender writes (header, then the stored bytes) is the same frame."""
+    client, server = handshake(lz4=True)
+    text = (b"some text " * 1000)[: 2 * PAGE_SIZE]
+    packed = lz4.block.compress(text, store_size=False)
+    head = encode_pages_header(3, 0x5000, 2, len(packed), lz4=True, crc32=zlib.crc32(text),
+                               end=True)
+    assert head + packed == join(server.send_pages(3, 0x5000, 2, packed, lz4=True,
+                                                   crc32=zlib.crc32(text), end=True))
+    ev = client.receive_data(head + packed)[0]
+    assert isinstance(ev, PagesReceived) and ev.decode(verify=True) == text
+    with pytest.raises(ValueError):
+        encode_pages_header(3, 0x5000, 2, 2 * PAGE_SIZE, lz4=True)
 
 
 def test_data_frames_both_ways() -> None:
