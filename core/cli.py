@@ -404,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LazarusError, ImageError, LazyError) as exc:
         print(f"lazarus: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:   # a kernel call failed where no stage gave it a better name
+        print(f"lazarus: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lazarus: interrupted", file=sys.stderr)
         return 130

@@ -127,6 +127,10 @@ def freeze_sync(ctx: DumpContext) -> None:
 
 
 def thaw_process(p: ProcDump) -> None:
+    if p.proc.stop_signal:
+        # Queued before the release, so the process stops again before it
+        # runs a single instruction.
+        os.kill(p.pid, p.proc.stop_signal)
     for t in list(p.threads.values()):
         try:
             if t.regs is not None:
@@ -136,8 +140,6 @@ def thaw_process(p: ProcDump) -> None:
         except OSError as exc:
             log.warning("could not release thread %d: %s", t.tid, exc.strerror)
     p.threads.clear()
-    if p.proc.stop_signal:
-        os.kill(p.pid, p.proc.stop_signal)
 
 
 def thaw(ctx: DumpContext) -> None:

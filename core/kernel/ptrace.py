@@ -19,6 +19,7 @@ from ptrace import PtraceError
 from ptrace.binding import func as _pt
 from ptrace.binding.linux_struct import user_regs_struct
 
+from core.errors import LazarusError
 from core.kernel import constants as K
 from core.kernel.structs import IoVec, PeekSiginfoArgs, RseqConfiguration
 
@@ -39,7 +40,7 @@ XSTATE_MAX = 16384
 SPIN_SECONDS = 0.002
 
 
-class TraceError(Exception):
+class TraceError(LazarusError):
     """A ptrace-level failure, with a message fit for the user."""
 
 

@@ -65,12 +65,13 @@ def resume_sync(ctx: RestoreContext) -> None:
     # that stopped them (SIGSEGV, SIGTRAP, SIGSTOP) are discarded by
     # detaching with signal 0.
     for p, tids in ready:
+        if p.proc.stop_signal:
+            # Stopped it was, stopped it stays (SIGCONT goes on); queued before
+            # the release so it stops before running anything.
+            os.kill(p.pid, p.proc.stop_signal)
         for tid in reversed(tids):
             pt.detach(tid)
         p.thread_tids.clear()
-    for p in ctx.live:
-        if p.proc.stop_signal:   # stopped it was, stopped it stays: SIGCONT goes on
-            os.kill(p.pid, p.proc.stop_signal)
     for r, w in ctx.pipe_ends.values():
         os.close(r)
         os.close(w)
