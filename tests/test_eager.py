@@ -316,14 +316,6 @@ def stopped_counter(procs: Procs, tmp_path: Path) -> tuple[Workload, Path, list[
     return w, out, read_counter(out)
 
 
-# Both found racy at HEAD f6eab2f: thaw (freeze.py) and resume (resume.py) detach the
-# threads first and send the stop signal after, so the process runs user code in between.
-# Sending the signal before PTRACE_DETACH would stop it before its first instruction.
-STOP_RACE = ("LAZARUS BUG (racy, fails most runs): {} detaches, then sends SIGSTOP, so the "
-             "stopped process runs user code (here: writes a line) before it stops again")
-
-
-@pytest.mark.xfail(strict=False, reason=STOP_RACE.format("thaw after --leave-running"))
 def test_stopped_process_left_stopped_by_dump(procs: Procs, tmp_path: Path) -> None:
     """A job-control-stopped process is still stopped, and untraced, after --leave-running."""
     w, out, stopped_at = stopped_counter(procs, tmp_path)
@@ -337,7 +329,6 @@ def test_stopped_process_left_stopped_by_dump(procs: Procs, tmp_path: Path) -> N
     assert_exact(read_counter(out))
 
 
-@pytest.mark.xfail(strict=False, reason=STOP_RACE.format("restore"))
 def test_stopped_process_restored_stopped(procs: Procs, tmp_path: Path) -> None:
     """Restored, a stopped process is stopped before it runs a single instruction, and
     counts on exactly from where it was on SIGCONT.

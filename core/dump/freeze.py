@@ -69,9 +69,10 @@ def stop(tid: int) -> tuple[pt.Regs, int, int] | None:
     raise LazarusError(f"thread {tid} keeps receiving signals: could not freeze it")
 
 
-def freeze_process(p: ProcDump) -> None:
+def freeze_process(p: ProcDump) -> bool:
     """Seize and stop every thread; threads born meanwhile are caught by listing
-    again until a listing shows no new one (stopped threads cannot clone)."""
+    again until a listing shows no new one (stopped threads cannot clone).
+    False if the process exited meanwhile."""
     pid = p.pid
     while True:
         new = [t for t in procfs.list_tids(pid) if t not in p.threads]
@@ -85,9 +86,9 @@ def freeze_process(p: ProcDump) -> None:
                 continue
             got = stop(tid)
             if got is None:
-                if tid == pid:
-                    raise LazarusError(f"PID {pid} exited while being frozen")
                 del p.threads[tid]
+                if tid == pid:
+                    return False
                 continue
             p.threads[tid].regs, p.threads[tid].sigmask, job_stop = got
             if tid == pid and job_stop:
@@ -96,6 +97,7 @@ def freeze_process(p: ProcDump) -> None:
                 # restore stop it again with the same signal).
                 p.proc.stop_signal = job_stop
                 os.kill(pid, signal.SIGCONT)
+    return True
 
 
 def check_member(pid: int) -> procfs.Stat:
@@ -122,8 +124,20 @@ def freeze_sync(ctx: DumpContext) -> None:
             p.proc.zombie = True
             p.proc.exit_status = stat.exit_code
             continue
-        freeze_process(p)
-        queue.extend(c for c in procfs.children(pid) if c not in ctx.procs)
+        if freeze_process(p):
+            queue.extend(c for c in procfs.children(pid) if c not in ctx.procs)
+            continue
+        # It exited while we froze it: an error for the root; a child that
+        # exited is now a zombie of its frozen parent, or already gone.
+        thaw_process(p)
+        if pid == ctx.pid:
+            raise LazarusError(f"PID {pid} exited while being frozen")
+        try:
+            stat = procfs.read_stat(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            del ctx.procs[pid]
+            continue
+        p.proc.zombie, p.proc.exit_status = True, stat.exit_code
 
 
 def thaw_process(p: ProcDump) -> None:
