@@ -164,3 +164,20 @@ def test_same_image_three_times_at_once_with_pidns(procs: Procs, tmp_path: Path)
 def parent_of(pid: int) -> int:
     text = Path(f"/proc/{pid}/stat").read_text()
     return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def test_socket_pairs_with_queued_messages(procs: Procs, tmp_path: Path) -> None:
+    w = procs.python("sockpair", str(tmp_path))
+    wait_until(lambda: (tmp_path / "ready").exists(), 15, "the pair to be ready")
+    child = children(w.pid)[0]
+    images = tmp_path / "img"
+    dump(w, images)
+    pid = restore_detached(images, tmp_path / "pid")
+    procs.adopt(pid)
+    assert children(pid) == [child]
+    os.kill(child, signal.SIGUSR1)           # reads what was queued at dump time
+    wait_until(lambda: (tmp_path / "child.txt").exists(), 10, "the child to read")
+    assert (tmp_path / "child.txt").read_text() == "s1 d1 d2\n"
+    os.kill(pid, signal.SIGUSR1)             # the answer went through the restored pair
+    wait_until(lambda: (tmp_path / "parent.txt").exists(), 10, "the parent to read")
+    assert (tmp_path / "parent.txt").read_text() == "ack\n"

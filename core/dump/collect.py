@@ -6,6 +6,7 @@ import fcntl
 import os
 import resource
 import signal
+import socket
 import stat as st
 import struct
 
@@ -18,7 +19,8 @@ from core.kernel import ptrace as pt
 from core.kernel.inject import Injector
 from core.kernel.libc import MASK64, syscall, to_signed
 from core.kernel.memory import ProcMem
-from core.kernel.process import get_robust_list
+from core.kernel.process import get_robust_list, pidfd_open
+from core.kernel.sockdiag import UnixSocket, unix_sockets
 from core.kernel.structs import KernelSigaction
 
 PR_GET_TID_ADDRESS = 40
@@ -29,6 +31,7 @@ RLIMITS = range(16)
 ALL_SIGNALS = MASK64
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 SPLICE_F_NONBLOCK = 2
+SO_PEEK_OFF = 42
 ITIMERS = (0, 1, 2)   # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 
 
@@ -59,7 +62,7 @@ def classify_vma(m: procfs.MapEntry) -> pb.Vma:
     return vma
 
 
-def collect_fds(pid: int) -> list[pb.FileDesc]:
+def collect_fds(pid: int, unix: dict[int, UnixSocket]) -> list[pb.FileDesc]:
     out = []
     for fd in procfs.list_fds(pid):
         link = os.readlink(procfs.proc(pid, "fd", str(fd)))
@@ -81,6 +84,8 @@ def collect_fds(pid: int) -> list[pb.FileDesc]:
                 desc.kind = pb.FileDesc.REGULAR
         elif st.S_ISFIFO(info.st_mode):
             desc.kind = pb.FileDesc.PIPE
+        elif st.S_ISSOCK(info.st_mode) and info.st_ino in unix:
+            desc.kind, desc.socket_ino = pb.FileDesc.UNIX_SOCKET, info.st_ino
         else:
             what = link.split(":")[0] if ":" in link else "special file"
             raise LazarusError(f"fd {fd} is a {what} ({link}): not supported yet")
@@ -169,7 +174,7 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
     return out
 
 
-def collect_process(ctx: ProcDump) -> None:
+def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket]) -> None:
     pid = ctx.pid
     proc = ctx.proc
     stat = procfs.read_stat(pid)
@@ -197,7 +202,7 @@ def collect_process(ctx: ProcDump) -> None:
     for res in RLIMITS:
         soft, hard = resource.prlimit(pid, res)
         proc.rlimits.append(pb.Rlimit(resource=res, soft=soft & MASK64, hard=hard & MASK64))
-    proc.fds.extend(collect_fds(pid))
+    proc.fds.extend(collect_fds(pid, unix))
 
     proc.shared_pending_signals.extend(
         info for info in pt.peek_siginfo(pid, shared=True)
@@ -272,7 +277,60 @@ def find_internal_pipes(ctx: DumpContext) -> None:
         ctx.inventory.pipes.append(pb.PipeData(ino=ino, data=data, capacity=capacity))
 
 
+def peek_queue(pid: int, fd: int, kind: int, size: int) -> list[bytes]:
+    """What a socket has to read, taken without consuming it: a copy of the
+    socket (pidfd_getfd) and MSG_PEEK, with a peek offset for messages."""
+    if size == 0:
+        return []
+    pidfd = pidfd_open(pid)
+    try:
+        sock = socket.socket(fileno=syscall(K.SYS_PIDFD_GETFD, pidfd, fd, 0))
+    finally:
+        os.close(pidfd)
+    with sock:
+        flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+        if kind == socket.SOCK_STREAM:
+            return [sock.recv(size, flags)]
+        out: list[bytes] = []
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        try:
+            while True:
+                try:
+                    out.append(sock.recv(1 << 20, flags))
+                except BlockingIOError:
+                    return out
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+
+
+def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
+    """Unix sockets are supported as pairs whose both ends are in the tree
+    (socketpair(2), inherited across fork), with their queued messages."""
+    holders: dict[int, tuple[int, int]] = {}
+    for p in ctx.procs.values():
+        for desc in p.proc.fds:
+            if desc.kind == pb.FileDesc.UNIX_SOCKET:
+                holders.setdefault(desc.socket_ino, (p.pid, desc.fd))
+    done: set[int] = set()
+    for ino, (pid, fd) in sorted(holders.items()):
+        if ino in done:
+            continue
+        sock = unix[ino]
+        if sock.name or unix.get(sock.peer, sock).name:
+            raise LazarusError(f"fd {fd} of PID {pid} is a named unix socket: not supported yet")
+        if sock.peer not in holders:
+            raise LazarusError(f"fd {fd} of PID {pid} is a unix socket connected outside the "
+                               "tree: not supported yet")
+        peer = unix[sock.peer]
+        pair = pb.SocketPair(ino_a=ino, ino_b=peer.ino, type=sock.type)
+        pair.queued_a.extend(peek_queue(pid, fd, sock.type, sock.rqueue))
+        pair.queued_b.extend(peek_queue(*holders[peer.ino], sock.type, peer.rqueue))
+        ctx.inventory.socket_pairs.append(pair)
+        done |= {ino, peer.ino}
+
+
 def collect_sync(ctx: DumpContext) -> None:
+    unix = unix_sockets()
     for p in ctx.procs.values():
         if p.proc.zombie:
             p.proc.pid = p.pid
@@ -280,8 +338,9 @@ def collect_sync(ctx: DumpContext) -> None:
             p.proc.ppid, p.proc.pgid, p.proc.sid = stat.ppid, stat.pgrp, stat.session
             p.proc.comm = stat.comm
         else:
-            collect_process(p)
+            collect_process(p, unix)
     find_internal_pipes(ctx)
+    find_socket_pairs(ctx, unix)
     inv = ctx.inventory
     inv.root_pid = ctx.pid
     inv.pids.extend(ctx.procs)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes")
+    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes", "socket_pairs")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class Inventory(_message.Message):
     VDSO_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     PIPES_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_PAIRS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tool_version: str
     kernel_release: str
@@ -33,7 +34,8 @@ class Inventory(_message.Message):
     vdso_size: int
     leave_running: bool
     pipes: _containers.RepeatedCompositeFieldContainer[PipeData]
-    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ...) -> None: ...
+    socket_pairs: _containers.RepeatedCompositeFieldContainer[SocketPair]
+    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ..., socket_pairs: _Optional[_Iterable[_Union[SocketPair, _Mapping]]] = ...) -> None: ...
 
 class PipeData(_message.Message):
     __slots__ = ("ino", "data", "capacity")
@@ -188,7 +190,7 @@ class Creds(_message.Message):
     def __init__(self, uid: _Optional[int] = ..., euid: _Optional[int] = ..., suid: _Optional[int] = ..., fsuid: _Optional[int] = ..., gid: _Optional[int] = ..., egid: _Optional[int] = ..., sgid: _Optional[int] = ..., fsgid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FileDesc(_message.Message):
-    __slots__ = ("fd", "kind", "path", "flags", "pos", "size", "pipe_ino", "internal")
+    __slots__ = ("fd", "kind", "path", "flags", "pos", "size", "pipe_ino", "internal", "socket_ino")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         REGULAR: _ClassVar[FileDesc.Kind]
@@ -196,11 +198,13 @@ class FileDesc(_message.Message):
         TTY: _ClassVar[FileDesc.Kind]
         PIPE: _ClassVar[FileDesc.Kind]
         DIRECTORY: _ClassVar[FileDesc.Kind]
+        UNIX_SOCKET: _ClassVar[FileDesc.Kind]
     REGULAR: FileDesc.Kind
     DEV_NULL: FileDesc.Kind
     TTY: FileDesc.Kind
     PIPE: FileDesc.Kind
     DIRECTORY: FileDesc.Kind
+    UNIX_SOCKET: FileDesc.Kind
     FD_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +213,7 @@ class FileDesc(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     PIPE_INO_FIELD_NUMBER: _ClassVar[int]
     INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_INO_FIELD_NUMBER: _ClassVar[int]
     fd: int
     kind: FileDesc.Kind
     path: str
@@ -217,7 +222,22 @@ class FileDesc(_message.Message):
     size: int
     pipe_ino: int
     internal: bool
-    def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ..., pipe_ino: _Optional[int] = ..., internal: _Optional[bool] = ...) -> None: ...
+    socket_ino: int
+    def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ..., pipe_ino: _Optional[int] = ..., internal: _Optional[bool] = ..., socket_ino: _Optional[int] = ...) -> None: ...
+
+class SocketPair(_message.Message):
+    __slots__ = ("ino_a", "ino_b", "type", "queued_a", "queued_b")
+    INO_A_FIELD_NUMBER: _ClassVar[int]
+    INO_B_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_A_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_B_FIELD_NUMBER: _ClassVar[int]
+    ino_a: int
+    ino_b: int
+    type: int
+    queued_a: _containers.RepeatedScalarFieldContainer[bytes]
+    queued_b: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, ino_a: _Optional[int] = ..., ino_b: _Optional[int] = ..., type: _Optional[int] = ..., queued_a: _Optional[_Iterable[bytes]] = ..., queued_b: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ThreadState(_message.Message):
     __slots__ = ("tid", "regs", "xstate", "sigmask", "rseq", "clear_tid_address", "pending_signals", "robust_list", "robust_list_len", "altstack_sp", "altstack_size", "altstack_flags", "comm")

@@ -10,13 +10,20 @@ from core.restore.lazy import lazy_memory, undo_lazy_memory
 from core.restore.memory import write_memory
 from core.restore.prepare import close_sources, create_tree, kill_tree, read_image
 from core.restore.resume import resume
-from core.restore.state import close_pipe_ends, open_pipes, restore_state
+from core.restore.state import (
+    close_pipe_ends,
+    close_shared_objects,
+    make_shared_objects,
+    open_pipes,
+    restore_state,
+)
 from core.restore.threads import restore_threads
 
 __all__ = ["RestoreOptions", "RestoreContext", "ProcRestore", "restore"]
 
 RESTORE_STAGES: list[Stage[RestoreContext]] = [
     Stage("read", read_image),
+    Stage("sockets", make_shared_objects, close_shared_objects),
     Stage("create", create_tree, kill_tree),
     Stage("address-space", build_address_space),
     Stage("memory", write_memory),
@@ -28,6 +35,7 @@ RESTORE_STAGES: list[Stage[RestoreContext]] = [
 
 LAZY_STAGES: list[Stage[RestoreContext]] = [
     Stage("read", read_image, close_sources),
+    Stage("sockets", make_shared_objects, close_shared_objects),
     Stage("create", create_tree, kill_tree),
     Stage("address-space", build_address_space),
     Stage("lazy-setup", lazy_memory, undo_lazy_memory),

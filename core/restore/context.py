@@ -43,6 +43,9 @@ class RestoreContext:
     procs: list[ProcRestore] = field(default_factory=list)   # parents before children
     trampoline: int = 0                # code + scratch, at the same address in every process
     pipe_ends: dict[int, tuple[int, int]] = field(default_factory=dict)  # ino -> lazarus's fds
+    # Unix socket inode -> lazarus's end of the pair made for it; the tree
+    # inherits these at birth (a socket cannot be reopened through /proc).
+    sockets: dict[int, int] = field(default_factory=dict)
     shmem_owner: dict[int, str] = field(default_factory=dict)  # shmem ino -> map_files path
     warnings: list[str] = field(default_factory=list)
     init_pid: int = 0                  # --pidns: the namespace's init, as lazarus sees it

@@ -76,6 +76,9 @@ def resume_sync(ctx: RestoreContext) -> None:
         os.close(r)
         os.close(w)
     ctx.pipe_ends.clear()
+    for fd in ctx.sockets.values():
+        os.close(fd)
+    ctx.sockets.clear()
     if ctx.opts.pidfile is not None:
         ctx.opts.pidfile.write_text(f"{ctx.root.pid}\n")
 

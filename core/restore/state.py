@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import resource
+import socket
 import struct
 
 from core import procfs
@@ -22,6 +23,8 @@ from core.restore.context import ProcRestore, RestoreContext
 
 FILE_REOPEN_DROP = K.O_CREAT | K.O_EXCL | K.O_TRUNC
 SEEK_SET = 0
+F_SETFL = 4
+SETFL_FLAGS = K.O_APPEND | 0o4000 | 0o20000   # O_APPEND, O_NONBLOCK, O_ASYNC
 F_SETPIPE_SZ = 1031
 F_DUPFD = 0
 
@@ -99,19 +102,25 @@ def close_all_but(ctx: ProcRestore, keep: list[int]) -> None:
 def restore_fds(ctx: ProcRestore) -> None:
     assert ctx.inj is not None
     inj, proc = ctx.inj, ctx.proc
-    inherit = ctx.opts.inherit_fds
-    # Park the fds lazarus hands over above every number in play, then close
-    # everything the helper inherited below them.
-    floor = max([f.fd for f in proc.fds] + list(inherit.values()) + [2]) + 1
+    # What lazarus hands over, inherited at the same numbers as in lazarus:
+    # --inherit-fd files (by the dumped name) and the tree's socket pairs.
+    handover = dict(ctx.opts.inherit_fds)
+    handover.update({f"socket:{f.socket_ino}": ctx.tree.sockets[f.socket_ino]
+                     for f in proc.fds if f.kind == pb.FileDesc.UNIX_SOCKET})
+    # Park them above every number in play, then close everything the helper
+    # inherited below them.
+    floor = max([f.fd for f in proc.fds] + list(handover.values()) + [2]) + 1
     parked: dict[str, int] = {}
-    for key, lfd in sorted(inherit.items(), key=lambda kv: kv[1]):
+    for key, lfd in sorted(handover.items(), key=lambda kv: kv[1]):
         parked[key] = inj.syscall(K.SYS_FCNTL, lfd, F_DUPFD, floor)
         floor = max(floor, parked[key] + 1)
     close_all_but(ctx, sorted(parked.values()))
     for fd in proc.fds:
         cloexec = fd.flags & K.O_CLOEXEC
-        if fd.path in parked:
-            inj.syscall(K.SYS_DUP3, parked[fd.path], fd.fd, cloexec)
+        key = f"socket:{fd.socket_ino}" if fd.kind == pb.FileDesc.UNIX_SOCKET else fd.path
+        if key in parked:
+            inj.syscall(K.SYS_DUP3, parked[key], fd.fd, cloexec)
+            inj.syscall(K.SYS_FCNTL, fd.fd, F_SETFL, fd.flags & SETFL_FLAGS)
             continue
         if fd.internal:
             # The tree's own pipe: lazarus holds it, with its bytes, until resume.
@@ -185,6 +194,32 @@ def restore_state_sync(ctx: ProcRestore) -> None:
     restore_task_basics(ctx)
     restore_rlimits(ctx)
     restore_fds(ctx)
+
+
+def make_socket_pairs(ctx: RestoreContext) -> None:
+    """A socket pair per dumped pair, each end loaded with what it had to read
+    (sent from the other end). Made before the tree, which inherits them."""
+    for pair in ctx.inventory.socket_pairs:
+        a, b = socket.socketpair(socket.AF_UNIX, pair.type)
+        with a, b:
+            for msg in pair.queued_a:
+                b.sendall(msg) if pair.type == socket.SOCK_STREAM else b.send(msg)
+            for msg in pair.queued_b:
+                a.sendall(msg) if pair.type == socket.SOCK_STREAM else a.send(msg)
+            for ino, sock in ((pair.ino_a, a), (pair.ino_b, b)):
+                ctx.sockets[ino] = sock.detach()
+                os.set_inheritable(ctx.sockets[ino], True)
+
+
+async def make_shared_objects(ctx: RestoreContext) -> None:
+    make_socket_pairs(ctx)
+    return None
+
+
+async def close_shared_objects(ctx: RestoreContext) -> None:
+    for fd in ctx.sockets.values():
+        os.close(fd)
+    ctx.sockets.clear()
 
 
 def open_pipes_sync(ctx: RestoreContext) -> None:
