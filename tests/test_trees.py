@@ -181,3 +181,23 @@ def test_socket_pairs_with_queued_messages(procs: Procs, tmp_path: Path) -> None
     os.kill(pid, signal.SIGUSR1)             # the answer went through the restored pair
     wait_until(lambda: (tmp_path / "parent.txt").exists(), 10, "the parent to read")
     assert (tmp_path / "parent.txt").read_text() == "ack\n"
+
+
+def test_one_open_file_shared_by_parent_and_child(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "shared.txt"
+    w = procs.python("shared_offset", str(out))
+    wait_until(lambda: out.exists() and out.read_text().count("\n") >= 10, 10, "lines")
+    dump(w, tmp_path / "img")
+    pid = restore_detached(tmp_path / "img", tmp_path / "pid")
+    procs.adopt(pid)
+    before = out.read_text().count("\n")
+    wait_until(lambda: out.read_text().count("\n") >= before + 20, 10, "lines after restore")
+    os.kill(pid, signal.SIGSTOP)
+    for c in children(pid):
+        os.kill(c, signal.SIGSTOP)
+    lines = out.read_text().splitlines()
+    # Each writer's numbers go 0, 1, 2... with none lost to an overwrite.
+    for who in ("p", "c"):
+        mine = [int(line.split()[1]) for line in lines if line.startswith(who + " ")]
+        assert mine == list(range(len(mine))), f"{who}: {mine[:40]}"
+    assert all(line[:2] in ("p ", "c ") for line in lines), "a line was overwritten"

@@ -329,6 +329,24 @@ def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
         done |= {ino, peer.ino}
 
 
+def find_shared_files(ctx: DumpContext) -> None:
+    """Fds (of one process or several) that are one open file description,
+    as kcmp(2) tells: restored as one, so they keep sharing an offset."""
+    seen: dict[tuple[int, int], list[tuple[int, pb.FileDesc]]] = {}
+    for p in ctx.procs.values():
+        for desc in p.proc.fds:
+            if desc.kind not in (pb.FileDesc.REGULAR, pb.FileDesc.DIRECTORY):
+                continue
+            info = os.stat(procfs.proc(p.pid, "fd", str(desc.fd)))
+            group = seen.setdefault((info.st_dev, info.st_ino), [])
+            for pid, first in group:
+                if syscall(K.SYS_KCMP, pid, p.pid, K.KCMP_FILE, first.fd, desc.fd) == 0:
+                    desc.share_pid, desc.share_fd = pid, first.fd
+                    break
+            else:
+                group.append((p.pid, desc))
+
+
 def collect_sync(ctx: DumpContext) -> None:
     unix = unix_sockets()
     for p in ctx.procs.values():
@@ -341,6 +359,7 @@ def collect_sync(ctx: DumpContext) -> None:
             collect_process(p, unix)
     find_internal_pipes(ctx)
     find_socket_pairs(ctx, unix)
+    find_shared_files(ctx)
     inv = ctx.inventory
     inv.root_pid = ctx.pid
     inv.pids.extend(ctx.procs)

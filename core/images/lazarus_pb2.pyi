@@ -190,7 +190,7 @@ class Creds(_message.Message):
     def __init__(self, uid: _Optional[int] = ..., euid: _Optional[int] = ..., suid: _Optional[int] = ..., fsuid: _Optional[int] = ..., gid: _Optional[int] = ..., egid: _Optional[int] = ..., sgid: _Optional[int] = ..., fsgid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FileDesc(_message.Message):
-    __slots__ = ("fd", "kind", "path", "flags", "pos", "size", "pipe_ino", "internal", "socket_ino")
+    __slots__ = ("fd", "kind", "path", "flags", "pos", "size", "pipe_ino", "internal", "socket_ino", "share_pid", "share_fd")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         REGULAR: _ClassVar[FileDesc.Kind]
@@ -214,6 +214,8 @@ class FileDesc(_message.Message):
     PIPE_INO_FIELD_NUMBER: _ClassVar[int]
     INTERNAL_FIELD_NUMBER: _ClassVar[int]
     SOCKET_INO_FIELD_NUMBER: _ClassVar[int]
+    SHARE_PID_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FD_FIELD_NUMBER: _ClassVar[int]
     fd: int
     kind: FileDesc.Kind
     path: str
@@ -223,7 +225,9 @@ class FileDesc(_message.Message):
     pipe_ino: int
     internal: bool
     socket_ino: int
-    def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ..., pipe_ino: _Optional[int] = ..., internal: _Optional[bool] = ..., socket_ino: _Optional[int] = ...) -> None: ...
+    share_pid: int
+    share_fd: int
+    def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ..., pipe_ino: _Optional[int] = ..., internal: _Optional[bool] = ..., socket_ino: _Optional[int] = ..., share_pid: _Optional[int] = ..., share_fd: _Optional[int] = ...) -> None: ...
 
 class SocketPair(_message.Message):
     __slots__ = ("ino_a", "ino_b", "type", "queued_a", "queued_b")

@@ -99,6 +99,25 @@ def close_all_but(ctx: ProcRestore, keep: list[int]) -> None:
         first = fd + 1
 
 
+def share_description(ctx: ProcRestore, fd: pb.FileDesc, cloexec: int) -> None:
+    """The open file description another fd (of this process or of one restored
+    before it) already has: dup3, or pidfd_getfd from that process."""
+    assert ctx.inj is not None
+    inj = ctx.inj
+    if fd.share_pid == ctx.proc.pid:
+        inj.syscall(K.SYS_DUP3, fd.share_fd, fd.fd, cloexec)
+        return
+    # PIDs as the process itself sees them (its PID namespace).
+    pidfd = inj.syscall(K.SYS_PIDFD_OPEN, fd.share_pid, 0)
+    try:
+        tmp = inj.syscall(K.SYS_PIDFD_GETFD, pidfd, fd.share_fd, 0)
+    finally:
+        inj.syscall(K.SYS_CLOSE, pidfd)
+    if tmp != fd.fd:
+        inj.syscall(K.SYS_DUP3, tmp, fd.fd, cloexec)
+        inj.syscall(K.SYS_CLOSE, tmp)
+
+
 def restore_fds(ctx: ProcRestore) -> None:
     assert ctx.inj is not None
     inj, proc = ctx.inj, ctx.proc
@@ -121,6 +140,9 @@ def restore_fds(ctx: ProcRestore) -> None:
         if key in parked:
             inj.syscall(K.SYS_DUP3, parked[key], fd.fd, cloexec)
             inj.syscall(K.SYS_FCNTL, fd.fd, F_SETFL, fd.flags & SETFL_FLAGS)
+            continue
+        if fd.share_pid:
+            share_description(ctx, fd, cloexec)
             continue
         if fd.internal:
             # The tree's own pipe: lazarus holds it, with its bytes, until resume.
