@@ -256,14 +256,17 @@ def _tee(src: int, dst: int, size: int) -> int:
 
 
 def find_internal_pipes(ctx: DumpContext) -> None:
-    """A pipe with a read end and a write end inside the tree is the tree's own:
-    restored with its queued bytes. Any other pipe came from outside."""
+    """A pipe or FIFO with a read end and a write end inside the tree is the
+    tree's own: restored with its queued bytes. Any other came from outside."""
     ends: dict[int, set[int]] = {}
     holder: dict[int, tuple[int, int]] = {}
+    fifo_paths: dict[int, str] = {}
     for p in ctx.procs.values():
         for fd in p.proc.fds:
-            if fd.kind == pb.FileDesc.PIPE and fd.path.startswith("pipe:["):
-                fd.pipe_ino = int(fd.path[6:-1])
+            if fd.kind == pb.FileDesc.PIPE:
+                fd.pipe_ino = os.stat(procfs.proc(p.pid, "fd", str(fd.fd))).st_ino
+                if not fd.path.startswith("pipe:["):
+                    fifo_paths[fd.pipe_ino] = fd.path
                 ends.setdefault(fd.pipe_ino, set()).add(fd.flags & K.O_ACCMODE)
                 if fd.flags & K.O_ACCMODE in (K.O_RDONLY, K.O_RDWR):
                     holder.setdefault(fd.pipe_ino, (p.pid, fd.fd))
@@ -274,7 +277,8 @@ def find_internal_pipes(ctx: DumpContext) -> None:
             fd.internal = fd.pipe_ino in internal
     for ino in sorted(internal):
         data, capacity = queued_bytes(*holder[ino])
-        ctx.inventory.pipes.append(pb.PipeData(ino=ino, data=data, capacity=capacity))
+        ctx.inventory.pipes.append(pb.PipeData(ino=ino, data=data, capacity=capacity,
+                                               fifo_path=fifo_paths.get(ino, "")))
 
 
 def peek_queue(pid: int, fd: int, kind: int, size: int) -> list[bytes]:

@@ -38,14 +38,16 @@ class Inventory(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ..., socket_pairs: _Optional[_Iterable[_Union[SocketPair, _Mapping]]] = ...) -> None: ...
 
 class PipeData(_message.Message):
-    __slots__ = ("ino", "data", "capacity")
+    __slots__ = ("ino", "data", "capacity", "fifo_path")
     INO_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    FIFO_PATH_FIELD_NUMBER: _ClassVar[int]
     ino: int
     data: bytes
     capacity: int
-    def __init__(self, ino: _Optional[int] = ..., data: _Optional[bytes] = ..., capacity: _Optional[int] = ...) -> None: ...
+    fifo_path: str
+    def __init__(self, ino: _Optional[int] = ..., data: _Optional[bytes] = ..., capacity: _Optional[int] = ..., fifo_path: _Optional[str] = ...) -> None: ...
 
 class Vma(_message.Message):
     __slots__ = ("start", "end", "prot", "kind", "pgoff", "path", "name", "growsdown", "file_size", "file_mtime_ns", "shmem_ino")

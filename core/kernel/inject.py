@@ -76,6 +76,11 @@ class Injector:
         pt.set_regs(self.pid, self._prepare(nr, args))
         pt.cont(self.pid)
         res = pt.wait(self.pid, INJECT_TIMEOUT)
+        if res.stopped and res.stop_signal == K.SIGTRAP and res.event == 0:
+            # Straight to our int3: the call failed and created nothing.
+            ret = to_signed(pt.get_regs(self.pid).rax)
+            raise InjectedSyscallError(
+                -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
         if not (res.stopped and res.event in (K.PTRACE_EVENT_CLONE, K.PTRACE_EVENT_FORK)):
             raise pt.TraceError(
                 f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")

@@ -246,7 +246,16 @@ async def close_shared_objects(ctx: RestoreContext) -> None:
 
 def open_pipes_sync(ctx: RestoreContext) -> None:
     for pipe in ctx.inventory.pipes:
-        r, w = os.pipe()
+        if pipe.fifo_path:
+            # The same FIFO again (a later open of its path must meet it).
+            try:
+                r = os.open(pipe.fifo_path, os.O_RDONLY | os.O_NONBLOCK)
+                w = os.open(pipe.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                raise LazarusError(f"cannot open FIFO {pipe.fifo_path}: {exc.strerror}") \
+                    from None
+        else:
+            r, w = os.pipe()
         ctx.pipe_ends[pipe.ino] = (r, w)
         if pipe.capacity:
             fcntl.fcntl(w, F_SETPIPE_SZ, pipe.capacity)
