@@ -7,7 +7,7 @@ Options for the tests of limits and of exit status:
   --exit-flag PATH --exit-code N   exit with status N once PATH exists
   --thread                         run a second (sleeping) thread
   --child                          fork a child that lives as long as we do
-  --socket                         hold a socketpair open
+  --socket                         hold a TCP socket listening on loopback
   --no-append                      write through a plain O_WRONLY fd (its offset matters)
   --quirks                         change comm, umask, an rlimit, signal dispositions
                                    and mask, so that restore must put them all back
@@ -61,7 +61,10 @@ def main() -> int:
     if args.quirks:
         quirks()
     if args.socket:
-        KEEP.append(socket.socketpair())
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        KEEP.append(listener)
 
     if args.thread:
         threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
