@@ -51,7 +51,8 @@ class Injector:
             setattr(regs, name, value & MASK64)
         return regs
 
-    def syscall(self, nr: int, *args: int, check: bool = True) -> int:
+    def _run(self, nr: int, args: tuple[int, ...]) -> pt.WaitResult:
+        """Set up the call, let the task go, and return its next stop."""
         for _ in range(NOTIFY_RETRIES):
             pt.set_regs(self.pid, self._prepare(nr, args))
             pt.cont(self.pid)
@@ -61,52 +62,53 @@ class Injector:
             if not (res.stopped and res.event == K.PTRACE_EVENT_STOP):
                 break
         self.count += 1
-        if not (res.stopped and res.stop_signal == K.SIGTRAP):
-            raise pt.TraceError(
-                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+        return res
+
+    def _unexpected(self, nr: int, res: pt.WaitResult) -> pt.TraceError:
+        return pt.TraceError(f"injected {_NAMES.get(nr, nr)} in process {self.pid}: "
+                             f"{res.describe()}")
+
+    def _result(self, nr: int, check: bool = True) -> int:
+        """rax at our int3: the call's result, an error raised as such."""
         ret = to_signed(pt.get_regs(self.pid).rax)
         if check and -4096 < ret < 0:
             raise InjectedSyscallError(
                 -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
         return ret
 
+    @staticmethod
+    def _at_int3(res: pt.WaitResult) -> bool:
+        return res.stopped and res.stop_signal == K.SIGTRAP and res.event == 0
+
+    def syscall(self, nr: int, *args: int, check: bool = True) -> int:
+        res = self._run(nr, args)
+        if not self._at_int3(res):
+            raise self._unexpected(nr, res)
+        return self._result(nr, check)
+
     def syscall_traced_clone(self, nr: int, *args: int) -> int:
-        """clone/clone3 with PTRACE_O_TRACECLONE set: first the PTRACE_EVENT_CLONE
-        stop, then the trap after the syscall. Returns the new tid."""
-        pt.set_regs(self.pid, self._prepare(nr, args))
-        pt.cont(self.pid)
-        res = pt.wait(self.pid, INJECT_TIMEOUT)
-        if res.stopped and res.stop_signal == K.SIGTRAP and res.event == 0:
-            # Straight to our int3: the call failed and created nothing.
-            ret = to_signed(pt.get_regs(self.pid).rax)
-            raise InjectedSyscallError(
-                -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
+        """clone/clone3 with PTRACE_O_TRACECLONE/TRACEFORK set: first the clone
+        or fork event stop, then the trap after the syscall. Returns the new tid."""
+        res = self._run(nr, args)
+        if self._at_int3(res):
+            self._result(nr)             # straight to our int3: it failed, made nothing
+            raise self._unexpected(nr, res)
         if not (res.stopped and res.event in (K.PTRACE_EVENT_CLONE, K.PTRACE_EVENT_FORK)):
-            raise pt.TraceError(
-                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+            raise self._unexpected(nr, res)
         tid = pt.get_event_msg(self.pid)
         pt.cont(self.pid)
         res = pt.wait(self.pid, INJECT_TIMEOUT)
-        self.count += 1
-        if not (res.stopped and res.stop_signal == K.SIGTRAP):
-            raise pt.TraceError(
-                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
-        ret = to_signed(pt.get_regs(self.pid).rax)
-        if ret < 0:
-            raise InjectedSyscallError(
-                -ret, f"{_NAMES.get(nr, nr)} in process {self.pid}: {os.strerror(-ret)}")
+        if not self._at_int3(res):
+            raise self._unexpected(nr, res)
+        self._result(nr)
         return tid
 
     def syscall_unmapping_self(self, nr: int, *args: int) -> None:
         """A syscall that unmaps the injected code: its return faults with SIGSEGV,
         which is expected and swallowed (the task stays stopped for us)."""
-        pt.set_regs(self.pid, self._prepare(nr, args))
-        pt.cont(self.pid)
-        res = pt.wait(self.pid, INJECT_TIMEOUT)
-        self.count += 1
+        res = self._run(nr, args)
         if not (res.stopped and res.stop_signal == K.SIGSEGV):
-            raise pt.TraceError(
-                f"injected {_NAMES.get(nr, nr)} in process {self.pid}: {res.describe()}")
+            raise self._unexpected(nr, res)
 
     def restore_code(self) -> None:
         if self._saved is not None:
