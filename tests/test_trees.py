@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,16 @@ def test_one_open_file_shared_by_parent_and_child(procs: Procs, tmp_path: Path) 
         mine = [int(line.split()[1]) for line in lines if line.startswith(who + " ")]
         assert mine == list(range(len(mine))), f"{who}: {mine[:40]}"
     assert all(line[:2] in ("p ", "c ") for line in lines), "a line was overwritten"
+
+
+def test_unix_server_and_its_connected_client(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "got.txt"
+    w = procs.python("unix_server", str(tmp_path))
+    wait_lines(out, 5)
+    dump(w, tmp_path / "img")
+    pid = restore_detached(tmp_path / "img", tmp_path / "pid")
+    procs.adopt(pid)
+    assert_exact(wait_lines(out, len(read_counter(out)) + 10))
+    # The listener is bound again: a new client can connect.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(tmp_path / "sock"))

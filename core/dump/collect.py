@@ -20,7 +20,7 @@ from core.kernel.inject import Injector
 from core.kernel.libc import MASK64, syscall, to_signed
 from core.kernel.memory import ProcMem
 from core.kernel.process import get_robust_list, pidfd_open
-from core.kernel.sockdiag import UnixSocket, unix_sockets
+from core.kernel.sockdiag import TCP_LISTEN, UnixSocket, unix_sockets
 from core.kernel.structs import KernelSigaction
 
 PR_GET_TID_ADDRESS = 40
@@ -308,8 +308,9 @@ def peek_queue(pid: int, fd: int, kind: int, size: int) -> list[bytes]:
 
 
 def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
-    """Unix sockets are supported as pairs whose both ends are in the tree
-    (socketpair(2), inherited across fork), with their queued messages."""
+    """Unix sockets are supported as connected pairs whose both ends are in the
+    tree (socketpair(2), or connect(2) to a listener of the tree: restored as a
+    pair, their names aside), with their queued messages, and as listeners."""
     holders: dict[int, tuple[int, int]] = {}
     for p in ctx.procs.values():
         for desc in p.proc.fds:
@@ -320,8 +321,14 @@ def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
         if ino in done:
             continue
         sock = unix[ino]
-        if sock.name or unix.get(sock.peer, sock).name:
-            raise LazarusError(f"fd {fd} of PID {pid} is a named unix socket: not supported yet")
+        if sock.state == TCP_LISTEN:
+            if sock.rqueue:
+                raise LazarusError(f"fd {fd} of PID {pid} is a listening unix socket with "
+                                   "connections not yet accepted: not supported yet")
+            ctx.inventory.unix_listeners.append(
+                pb.UnixListener(ino=ino, type=sock.type, name=sock.name))
+            done.add(ino)
+            continue
         if sock.peer not in holders:
             raise LazarusError(f"fd {fd} of PID {pid} is a unix socket connected outside the "
                                "tree: not supported yet")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes", "socket_pairs")
+    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes", "socket_pairs", "unix_listeners")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class Inventory(_message.Message):
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     PIPES_FIELD_NUMBER: _ClassVar[int]
     SOCKET_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_LISTENERS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tool_version: str
     kernel_release: str
@@ -35,7 +36,8 @@ class Inventory(_message.Message):
     leave_running: bool
     pipes: _containers.RepeatedCompositeFieldContainer[PipeData]
     socket_pairs: _containers.RepeatedCompositeFieldContainer[SocketPair]
-    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ..., socket_pairs: _Optional[_Iterable[_Union[SocketPair, _Mapping]]] = ...) -> None: ...
+    unix_listeners: _containers.RepeatedCompositeFieldContainer[UnixListener]
+    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ..., socket_pairs: _Optional[_Iterable[_Union[SocketPair, _Mapping]]] = ..., unix_listeners: _Optional[_Iterable[_Union[UnixListener, _Mapping]]] = ...) -> None: ...
 
 class PipeData(_message.Message):
     __slots__ = ("ino", "data", "capacity", "fifo_path")
@@ -230,6 +232,16 @@ class FileDesc(_message.Message):
     share_pid: int
     share_fd: int
     def __init__(self, fd: _Optional[int] = ..., kind: _Optional[_Union[FileDesc.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., size: _Optional[int] = ..., pipe_ino: _Optional[int] = ..., internal: _Optional[bool] = ..., socket_ino: _Optional[int] = ..., share_pid: _Optional[int] = ..., share_fd: _Optional[int] = ...) -> None: ...
+
+class UnixListener(_message.Message):
+    __slots__ = ("ino", "type", "name")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    type: int
+    name: bytes
+    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., name: _Optional[bytes] = ...) -> None: ...
 
 class SocketPair(_message.Message):
     __slots__ = ("ino_a", "ino_b", "type", "queued_a", "queued_b")

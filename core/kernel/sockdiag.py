@@ -13,6 +13,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_DONE, NLMSG_ERROR = 3, 2
 UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 0x1, 0x4, 0x10
 UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN = 0, 2, 4
+TCP_LISTEN = 10
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBHIIIII")        # unix_diag_req
@@ -24,6 +25,7 @@ _RTA = struct.Struct("=HH")
 class UnixSocket:
     ino: int
     type: int           # socket.SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+    state: int          # TCP_ESTABLISHED (1), TCP_LISTEN (10), TCP_CLOSE (7)
     peer: int           # inode of the peer, 0 if none
     name: bytes         # bound address, b"" if none
     rqueue: int
@@ -50,7 +52,7 @@ def unix_sockets() -> dict[int, UnixSocket]:
                     return out
                 if kind == NLMSG_ERROR:
                     raise OSError("sock_diag refused the unix socket dump")
-                _, stype, _, _, ino, _, _ = _MSG.unpack_from(data, off + _NLMSGHDR.size)
+                _, stype, state, _, ino, _, _ = _MSG.unpack_from(data, off + _NLMSGHDR.size)
                 peer, rqueue, name = 0, 0, b""
                 a = off + _NLMSGHDR.size + _MSG.size
                 while a < off + length:
@@ -63,5 +65,5 @@ def unix_sockets() -> dict[int, UnixSocket]:
                     elif atype == UNIX_DIAG_NAME:
                         name = body
                     a += _align(alen)
-                out[ino] = UnixSocket(ino, stype, peer, name, rqueue)
+                out[ino] = UnixSocket(ino, stype, state, peer, name, rqueue)
                 off += _align(length)

@@ -9,6 +9,7 @@ import fcntl
 import os
 import resource
 import socket
+import stat
 import struct
 
 from core import procfs
@@ -233,8 +234,34 @@ def make_socket_pairs(ctx: RestoreContext) -> None:
                 os.set_inheritable(ctx.sockets[ino], True)
 
 
+def make_unix_listeners(ctx: RestoreContext) -> None:
+    """Bound and listening again; a stale socket file left by the dumped
+    process (dead now) is replaced."""
+    for lis in ctx.inventory.unix_listeners:
+        sock = socket.socket(socket.AF_UNIX, lis.type)
+        name: str | bytes = lis.name
+        if lis.name and not lis.name.startswith(b"\0"):
+            name = lis.name.rstrip(b"\0").decode()
+            if os.path.exists(name) and stat.S_ISSOCK(os.stat(name).st_mode):
+                os.unlink(name)
+        try:
+            sock.bind(name)
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise LazarusError(f"cannot listen on unix socket {name!r} again: "
+                               f"{exc.strerror}") from None
+        ctx.sockets[lis.ino] = sock.detach()
+        os.set_inheritable(ctx.sockets[lis.ino], True)
+
+
 async def make_shared_objects(ctx: RestoreContext) -> None:
-    make_socket_pairs(ctx)
+    try:
+        make_socket_pairs(ctx)
+        make_unix_listeners(ctx)
+    except BaseException:
+        await close_shared_objects(ctx)
+        raise
     return None
 
 
