@@ -3,12 +3,15 @@ registers set for the call, PTRACE_CONT, wait for the trap, read rax."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import struct
 
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.libc import MASK64, to_signed
 from core.kernel.memory import ProcMem
+from core.kernel.structs import CloneArgs
 
 SYSCALL_INT3 = b"\x0f\x05\xcc"
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -102,6 +105,15 @@ class Injector:
             raise self._unexpected(nr, res)
         self._result(nr)
         return tid
+
+    def clone3(self, scratch: int, args: CloneArgs, tid: int) -> int:
+        """clone3 with set_tid = [tid] (its id in the task's PID namespace);
+        args and the tid array are written at `scratch`. Returns the new tid."""
+        tid_addr = scratch + ctypes.sizeof(CloneArgs)
+        args.set_tid, args.set_tid_size = tid_addr, 1
+        self.mem.write(tid_addr, struct.pack("<i", tid))
+        self.mem.write(scratch, bytes(args))
+        return self.syscall_traced_clone(K.SYS_CLONE3, scratch, ctypes.sizeof(CloneArgs))
 
     def syscall_unmapping_self(self, nr: int, *args: int) -> None:
         """A syscall that unmaps the injected code: its return faults with SIGSEGV,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -29,8 +27,7 @@ from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
 from lazy.source import LocalPageSource, RemotePageSource
 from pageserver.client import PageClient, PageServerError
 
-PID_WAIT = 3.0
-CHILD_TID_OFFSET = 1024      # a killed target may be reaped late by its parent or PID 1
+PID_WAIT = 3.0      # a killed target may be reaped late by its parent or PID 1
 VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
 
 
@@ -176,17 +173,10 @@ def map_trampoline(ctx: RestoreContext, root: ProcRestore) -> None:
 def fork_child(parent: ProcRestore, child: ProcRestore) -> None:
     """clone3 in the parent with the child's PID: a copy of the parent as it
     is now (the helper with its trampoline), traced by us from birth."""
-    assert parent.inj is not None and parent.mem is not None
-    set_tid = parent.scratch + CHILD_TID_OFFSET
-    args = CloneArgs(exit_signal=K.SIGCHLD, set_tid=set_tid, set_tid_size=1)
-
-    def make() -> int:
-        assert parent.inj is not None and parent.mem is not None
-        parent.mem.write(set_tid, struct.pack("<i", child.proc.pid))
-        parent.mem.write(parent.scratch, bytes(args))
-        return parent.inj.syscall_traced_clone(K.SYS_CLONE3, parent.scratch, ctypes.sizeof(args))
-
-    child.pid = with_free_pid(child.proc.pid, make)
+    inj = parent.inj
+    assert inj is not None
+    child.pid = with_free_pid(child.proc.pid, lambda: inj.clone3(
+        parent.scratch, CloneArgs(exit_signal=K.SIGCHLD), child.proc.pid))
     res = pt.wait(child.pid, 5.0)
     if not res.stopped:
         raise LazarusError(f"new process {child.pid} {res.describe()}")
@@ -233,11 +223,7 @@ def fork_root_from_init(ctx: RestoreContext) -> int:
         try:
             scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
                                   K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
-            set_tid = scratch + CHILD_TID_OFFSET
-            args = CloneArgs(exit_signal=K.SIGCHLD, set_tid=set_tid, set_tid_size=1)
-            mem.write(set_tid, struct.pack("<i", root.proc.pid))
-            mem.write(scratch, bytes(args))
-            pid = inj.syscall_traced_clone(K.SYS_CLONE3, scratch, ctypes.sizeof(args))
+            pid = inj.clone3(scratch, CloneArgs(exit_signal=K.SIGCHLD), root.proc.pid)
             inj.syscall(K.SYS_MUNMAP, scratch, 4096)
         finally:
             inj.restore_code()

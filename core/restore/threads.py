@@ -3,7 +3,6 @@ with its TID by an injected clone3(CLONE_THREAD)."""
 
 from __future__ import annotations
 
-import ctypes
 import struct
 
 from core.errors import LazarusError
@@ -20,7 +19,7 @@ THREAD_FLAGS = (K.CLONE_VM | K.CLONE_FS | K.CLONE_FILES | K.CLONE_SIGHAND | K.CL
                 | K.CLONE_SYSVSEM | K.CLONE_CHILD_CLEARTID)
 # Scratch layout for clone3: its args, the set_tid array, and a small stack
 # the new thread never really uses (its registers are replaced before it runs).
-ARGS_OFFSET, TID_OFFSET, STACK_OFFSET = 1024, 1200, 2048
+ARGS_OFFSET, STACK_OFFSET = 1024, 2048
 STACK_SIZE = SCRATCH_SIZE - STACK_OFFSET
 THREAD_START_TIMEOUT = 5.0
 
@@ -46,15 +45,10 @@ def restore_thread_state(ctx: ProcRestore, inj: Injector, state: pb.ThreadState,
 
 def create_thread(ctx: ProcRestore, state: pb.ThreadState) -> int:
     assert ctx.inj is not None and ctx.mem is not None
-    set_tid = ctx.scratch + TID_OFFSET
-    ctx.mem.write(set_tid, struct.pack("<i", state.tid))
     args = CloneArgs(flags=THREAD_FLAGS, child_tid=state.clear_tid_address, exit_signal=0,
-                     stack=ctx.scratch + STACK_OFFSET, stack_size=STACK_SIZE,
-                     set_tid=set_tid, set_tid_size=1)
-    ctx.mem.write(ctx.scratch + ARGS_OFFSET, bytes(args))
+                     stack=ctx.scratch + STACK_OFFSET, stack_size=STACK_SIZE)
     try:
-        tid = ctx.inj.syscall_traced_clone(K.SYS_CLONE3, ctx.scratch + ARGS_OFFSET,
-                                           ctypes.sizeof(args))
+        tid = ctx.inj.clone3(ctx.scratch + ARGS_OFFSET, args, state.tid)
     except OSError as exc:
         raise LazarusError(f"cannot recreate thread {state.tid}: {exc.strerror}") from None
     ctx.thread_tids.append(tid)
