@@ -65,16 +65,34 @@ def cmd_dump(args: argparse.Namespace) -> int:
         raise LazarusError("dump needs either -D DIR or --page-server HOST:PORT --image NAME")
     opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir or "."),
                        leave_running=args.leave_running, compress=args.compress == "lz4",
-                       server=server_of(args), image_name=args.image)
+                       server=server_of(args), image_name=args.image,
+                       prev=Path(args.prev) if args.prev else None)
     ctx, stats = run_async(dump(opts))
     for w in ctx.warnings:
         log.warning("%s", w)
     if args.stats:
+        print(f"frozen for {ctx.frozen_seconds * 1000:.1f} ms", file=sys.stderr)
         procs = [p.proc for p in ctx.procs.values()]
         stored = sum(b.length for proc in procs for b in proc.pages)
         raw = sum(proc.pages_bytes for proc in procs)
         print(f"dump of PID {opts.pid} ({len(procs)} process(es)): {raw / 1e6:.1f} MB of "
               f"pages, {stored / 1e6:.1f} MB stored", file=sys.stderr)
+        print(stats.format(), file=sys.stderr)
+    return 0
+
+
+def cmd_predump(args: argparse.Namespace) -> int:
+    from core.dump import DumpOptions, predump
+
+    opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir),
+                       compress=args.compress == "lz4",
+                       prev=Path(args.prev) if args.prev else None)
+    ctx, stats = run_async(predump(opts))
+    procs = [p.proc for p in ctx.procs.values()]
+    raw = sum(proc.pages_bytes for proc in procs)
+    print(f"pre-dump of PID {opts.pid}: {raw / 1e6:.1f} MB of pages copied, frozen for "
+          f"{ctx.frozen_seconds * 1000:.1f} ms", file=sys.stderr)
+    if args.stats:
         print(stats.format(), file=sys.stderr)
     return 0
 
@@ -349,8 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let the process run on after the dump instead of killing it")
     d.add_argument("--compress", choices=("lz4", "none"), default="lz4",
                    help="page block compression (default lz4)")
+    d.add_argument("--prev", metavar="DIR",
+                   help="store only the pages written since this pre-dump image (which "
+                        "becomes the parent of the new image)")
     d.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     d.set_defaults(func=cmd_dump)
+
+    pd = sub.add_parser("pre-dump", help="copy memory while the process runs and start "
+                        "dirty tracking, for a later `dump --prev`")
+    pd.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
+                    help="process to pre-dump")
+    pd.add_argument("-D", "--images-dir", required=True, metavar="DIR",
+                    help="image directory to create (must not exist or be empty)")
+    pd.add_argument("--prev", metavar="DIR",
+                    help="the previous pre-dump: copy only the pages written since")
+    pd.add_argument("--compress", choices=("lz4", "none"), default="lz4",
+                    help="page block compression (default lz4)")
+    pd.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
+    pd.set_defaults(func=cmd_predump)
 
     r = sub.add_parser("restore", help="bring a dumped process back")
     r.add_argument("-D", "--images-dir", metavar="DIR", help="the image directory")

@@ -69,6 +69,7 @@ class Stat:
     env_start: int
     env_end: int
     exit_code: int
+    start_time: int = 0     # clock ticks after boot: tells a restarted process from the old one
 
 
 def read_stat(pid: int) -> Stat:
@@ -80,7 +81,7 @@ def read_stat(pid: int) -> Stat:
         return int(rest[n - 3])
 
     return Stat(comm, rest[0], f(4), f(5), f(6), f(9), f(20), f(26), f(27), f(28),
-                f(45), f(46), f(47), f(48), f(49), f(50), f(51), f(52))
+                f(45), f(46), f(47), f(48), f(49), f(50), f(51), f(52), f(22))
 
 
 def read_status(pid: int) -> dict[str, str]:

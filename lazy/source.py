@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from core.images import ImageReader, PageStoreReader, pb
+from core.images import ImageReader, pb
+from core.images.store import PageReader
 from pageserver.client import PageClient, PageServerError, RemoteError
 
 log = logging.getLogger("lazarus.lazy")
@@ -43,7 +44,7 @@ class LocalPageSource:
     name = "local image"
 
     def __init__(self, reader: ImageReader, proc: pb.ProcessImage) -> None:
-        self._pages: PageStoreReader = reader.page_reader(proc)
+        self._pages: PageReader = reader.page_reader(proc)
         self.bytes_fetched = 0
 
     @property

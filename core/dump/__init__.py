@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from core import __version__
-from core.dump.collect import collect
+from core.dump.collect import collect, collect_vmas
 from core.dump.context import DumpContext, DumpOptions
 from core.dump.freeze import freeze, thaw, undo_freeze
 from core.dump.memory import dump_memory
+from core.dump.tracking import close_our_fds, close_tracking_fd, prev_stage, track, untrack
 from core.errors import LazarusError
 from core.images import FORMAT_VERSION, PAGE_SIZE, ImageWriter
 from core.kernel import ptrace as pt
@@ -21,7 +22,7 @@ from core.kernel.tracer import Tracer
 from core.pipeline import PipelineStats, Stage, run_pipeline
 from pageserver.client import PageServerError
 
-__all__ = ["DumpOptions", "dump"]
+__all__ = ["DumpOptions", "dump", "predump"]
 
 KILL_TIMEOUT = 5.0
 
@@ -48,6 +49,8 @@ async def write_image(ctx: DumpContext) -> None:
     inv.page_size = PAGE_SIZE
     inv.leave_running = ctx.opts.leave_running
     for p in ctx.procs.values():
+        if ctx.opts.predump and p.tracking_fd >= 0:
+            p.proc.tracking_fd = p.tracking_fd
         ctx.writer.write_process(p.proc)
     ctx.writer.write_inventory(inv)
     ctx.writer.commit()
@@ -56,6 +59,10 @@ async def write_image(ctx: DumpContext) -> None:
 
 def finish_sync(ctx: DumpContext) -> None:
     if ctx.opts.leave_running:
+        for p in ctx.procs.values():
+            if p.tracking_fd >= 0:
+                # The final dump ends dirty tracking: no fd of ours stays behind.
+                close_tracking_fd(p)
         thaw(ctx)
         return
     for p in ctx.procs.values():
@@ -72,6 +79,22 @@ def finish_sync(ctx: DumpContext) -> None:
 
 async def finish(ctx: DumpContext) -> None:
     await ctx.tracer.call(finish_sync, ctx)
+    ctx.frozen_seconds = time.perf_counter() - ctx.frozen_at
+    return None
+
+
+async def start_freeze(ctx: DumpContext) -> None:
+    ctx.frozen_at = time.perf_counter()
+    await freeze(ctx)
+    return None
+
+
+async def release(ctx: DumpContext) -> None:
+    """Pre-dump: let the process run on once tracking is armed; its memory
+    is copied while it runs (a page written meanwhile is written again after
+    the write-protect, so the next round copies it again)."""
+    await ctx.tracer.call(thaw, ctx)
+    ctx.frozen_seconds = time.perf_counter() - ctx.frozen_at
     return None
 
 
@@ -92,7 +115,7 @@ async def upload_image(ctx: DumpContext) -> int:
 
 DUMP_STAGES: list[Stage[DumpContext]] = [
     Stage("image-open", open_image, abort_image),
-    Stage("freeze", freeze, undo_freeze),
+    Stage("freeze", start_freeze, undo_freeze),
     Stage("collect", collect),
     Stage("memory", dump_memory),
     Stage("write", write_image),
@@ -101,13 +124,37 @@ DUMP_STAGES: list[Stage[DumpContext]] = [
 
 REMOTE_DUMP_STAGES = [*DUMP_STAGES[:-1], Stage("upload", upload_image), DUMP_STAGES[-1]]
 
+# dump --prev: the parent image is checked before anything is frozen, and
+# the pages written since it are found once the process is frozen.
+INCREMENTAL_DUMP_STAGES: list[Stage[DumpContext]] = [
+    Stage("prev", prev_stage),
+    *DUMP_STAGES[:3],
+    Stage("dirty", track),
+    *DUMP_STAGES[3:],
+]
+
+PREDUMP_STAGES: list[Stage[DumpContext]] = [
+    Stage("prev", prev_stage),
+    Stage("image-open", open_image, abort_image),
+    Stage("freeze", start_freeze, undo_freeze),
+    Stage("collect", collect_vmas),
+    Stage("dirty", track, untrack),
+    Stage("release", release),
+    Stage("memory", dump_memory),
+    Stage("write", write_image),
+]
+
 
 async def dump(opts: DumpOptions) -> tuple[DumpContext, PipelineStats]:
     tracer = Tracer()
     ctx = DumpContext(opts=opts, tracer=tracer)
     try:
+        if opts.prev is not None and opts.server is not None:
+            raise LazarusError("--prev writes a local image chain: use `lazarus migrate` to "
+                               "send one to a page server")
         if opts.server is None:
-            return ctx, await run_pipeline(DUMP_STAGES, ctx)
+            stages = INCREMENTAL_DUMP_STAGES if opts.prev is not None else DUMP_STAGES
+            return ctx, await run_pipeline(stages, ctx)
         if not opts.image_name:
             raise LazarusError("--page-server needs --image NAME to store the image under")
         # The image is written locally first, sent whole, then removed here.
@@ -115,4 +162,18 @@ async def dump(opts: DumpOptions) -> tuple[DumpContext, PipelineStats]:
             opts.images_dir = Path(tmp) / opts.image_name
             return ctx, await run_pipeline(REMOTE_DUMP_STAGES, ctx)
     finally:
+        await tracer.call(close_our_fds, ctx)
+        tracer.close()
+
+
+async def predump(opts: DumpOptions) -> tuple[DumpContext, PipelineStats]:
+    """Copy memory while the process runs, and leave dirty tracking armed in
+    it for the next round (`pre-dump --prev` or `dump --prev`)."""
+    opts.predump = True
+    tracer = Tracer()
+    ctx = DumpContext(opts=opts, tracer=tracer)
+    try:
+        return ctx, await run_pipeline(PREDUMP_STAGES, ctx)
+    finally:
+        await tracer.call(close_our_fds, ctx)
         tracer.close()

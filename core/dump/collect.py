@@ -62,9 +62,12 @@ def classify_vma(m: procfs.MapEntry) -> pb.Vma:
     return vma
 
 
-def collect_fds(pid: int, unix: dict[int, UnixSocket]) -> list[pb.FileDesc]:
+def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1) -> list[pb.FileDesc]:
+    """`skip`: lazarus's own dirty-tracking userfaultfd, not the process's."""
     out = []
     for fd in procfs.list_fds(pid):
+        if fd == skip:
+            continue
         link = os.readlink(procfs.proc(pid, "fd", str(fd)))
         info = os.stat(procfs.proc(pid, "fd", str(fd)))
         fdinfo = procfs.read_fdinfo(pid, fd)
@@ -174,10 +177,11 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
     return out
 
 
-def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket]) -> None:
+def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1) -> None:
     pid = ctx.pid
     proc = ctx.proc
     stat = procfs.read_stat(pid)
+    proc.start_time = stat.start_time
     status = procfs.read_status(pid)
     proc.pid, proc.ppid = pid, stat.ppid
     proc.pgid, proc.sid = stat.pgrp, stat.session
@@ -202,7 +206,7 @@ def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket]) -> None:
     for res in RLIMITS:
         soft, hard = resource.prlimit(pid, res)
         proc.rlimits.append(pb.Rlimit(resource=res, soft=soft & MASK64, hard=hard & MASK64))
-    proc.fds.extend(collect_fds(pid, unix))
+    proc.fds.extend(collect_fds(pid, unix, skip))
 
     proc.shared_pending_signals.extend(
         info for info in pt.peek_siginfo(pid, shared=True)
@@ -367,7 +371,8 @@ def collect_sync(ctx: DumpContext) -> None:
             p.proc.ppid, p.proc.pgid, p.proc.sid = stat.ppid, stat.pgrp, stat.session
             p.proc.comm = stat.comm
         else:
-            collect_process(p, unix)
+            prev = ctx.prev_procs.get(p.pid)
+            collect_process(p, unix, prev.tracking_fd if prev and prev.tracking_fd else -1)
     find_internal_pipes(ctx)
     find_socket_pairs(ctx, unix)
     find_shared_files(ctx)
@@ -375,6 +380,30 @@ def collect_sync(ctx: DumpContext) -> None:
     inv.root_pid = ctx.pid
     inv.pids.extend(ctx.procs)
     inv.vdso_size = ctx.root.proc.vdso_size
+
+
+def collect_vmas_sync(ctx: DumpContext) -> None:
+    """Pre-dump: only what memory needs (VMAs) and what identifies the
+    process for the next round."""
+    for p in ctx.procs.values():
+        stat = procfs.read_stat(p.pid)
+        proc = p.proc
+        proc.pid, proc.ppid, proc.comm, proc.start_time = p.pid, stat.ppid, stat.comm, \
+            stat.start_time
+        if not proc.zombie:
+            maps = procfs.read_maps(p.pid)
+            proc.vmas.extend(classify_vma(m) for m in maps)
+            proc.vdso_size = sum(m.end - m.start for m in maps if m.path in VDSO_NAMES)
+    inv = ctx.inventory
+    inv.root_pid = ctx.pid
+    inv.pids.extend(ctx.procs)
+    inv.vdso_size = ctx.root.proc.vdso_size
+    inv.predump = True
+
+
+async def collect_vmas(ctx: DumpContext) -> None:
+    await ctx.tracer.call(collect_vmas_sync, ctx)
+    return None
 
 
 async def collect(ctx: DumpContext) -> None:

@@ -19,6 +19,8 @@ class DumpOptions:
     compress: bool = True
     server: ServerAddress | None = None   # send the image there instead of keeping it
     image_name: str | None = None
+    prev: Path | None = None       # parent image: store only what changed since it
+    predump: bool = False          # memory only, copied while the process runs on
 
 
 @dataclass
@@ -35,6 +37,13 @@ class ProcDump:
     pid: int
     threads: dict[int, FrozenThread] = field(default_factory=dict)   # seized, by tid
     proc: pb.ProcessImage = field(default_factory=pb.ProcessImage)
+    # Dirty tracking: the userfaultfd's number in the process (-1: none), our
+    # copy of it, whether this run made it, and per VMA start the ranges
+    # written since the parent image (None: untracked, every page is fresh).
+    tracking_fd: int = -1
+    uffd: int = -1
+    tracking_created: bool = False
+    written: dict[int, list[tuple[int, int]] | None] = field(default_factory=dict)
 
     @property
     def leader(self) -> FrozenThread:
@@ -49,6 +58,9 @@ class DumpContext:
     procs: dict[int, ProcDump] = field(default_factory=dict)   # the tree, parents first
     inventory: pb.Inventory = field(default_factory=pb.Inventory)
     warnings: list[str] = field(default_factory=list)
+    prev_procs: dict[int, pb.ProcessImage] = field(default_factory=dict)  # parent image, by pid
+    frozen_at: float = 0.0         # perf_counter when the freeze began
+    frozen_seconds: float = 0.0    # how long the process could not run
 
     @property
     def pid(self) -> int:

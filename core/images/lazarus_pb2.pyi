@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes", "socket_pairs", "unix_listeners")
+    __slots__ = ("format_version", "tool_version", "kernel_release", "arch", "created_unix_ns", "root_pid", "pids", "compression", "page_size", "vdso_size", "leave_running", "pipes", "socket_pairs", "unix_listeners", "parent", "predump")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class Inventory(_message.Message):
     PIPES_FIELD_NUMBER: _ClassVar[int]
     SOCKET_PAIRS_FIELD_NUMBER: _ClassVar[int]
     UNIX_LISTENERS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PREDUMP_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tool_version: str
     kernel_release: str
@@ -37,7 +39,9 @@ class Inventory(_message.Message):
     pipes: _containers.RepeatedCompositeFieldContainer[PipeData]
     socket_pairs: _containers.RepeatedCompositeFieldContainer[SocketPair]
     unix_listeners: _containers.RepeatedCompositeFieldContainer[UnixListener]
-    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ..., socket_pairs: _Optional[_Iterable[_Union[SocketPair, _Mapping]]] = ..., unix_listeners: _Optional[_Iterable[_Union[UnixListener, _Mapping]]] = ...) -> None: ...
+    parent: str
+    predump: bool
+    def __init__(self, format_version: _Optional[int] = ..., tool_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., arch: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., page_size: _Optional[int] = ..., vdso_size: _Optional[int] = ..., leave_running: _Optional[bool] = ..., pipes: _Optional[_Iterable[_Union[PipeData, _Mapping]]] = ..., socket_pairs: _Optional[_Iterable[_Union[SocketPair, _Mapping]]] = ..., unix_listeners: _Optional[_Iterable[_Union[UnixListener, _Mapping]]] = ..., parent: _Optional[str] = ..., predump: _Optional[bool] = ...) -> None: ...
 
 class PipeData(_message.Message):
     __slots__ = ("ino", "data", "capacity", "fifo_path")
@@ -288,7 +292,7 @@ class ThreadState(_message.Message):
     def __init__(self, tid: _Optional[int] = ..., regs: _Optional[bytes] = ..., xstate: _Optional[bytes] = ..., sigmask: _Optional[int] = ..., rseq: _Optional[_Union[Rseq, _Mapping]] = ..., clear_tid_address: _Optional[int] = ..., pending_signals: _Optional[_Iterable[bytes]] = ..., robust_list: _Optional[int] = ..., robust_list_len: _Optional[int] = ..., altstack_sp: _Optional[int] = ..., altstack_size: _Optional[int] = ..., altstack_flags: _Optional[int] = ..., comm: _Optional[str] = ...) -> None: ...
 
 class ProcessImage(_message.Message):
-    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals", "vdso_size", "stop_signal", "zombie", "exit_status")
+    __slots__ = ("pid", "ppid", "comm", "cwd", "umask", "creds", "mm", "vmas", "sigactions", "rlimits", "fds", "threads", "pages_file", "pages", "pages_bytes", "pgid", "sid", "itimers", "shared_pending_signals", "vdso_size", "stop_signal", "zombie", "exit_status", "start_time", "tracking_fd", "inherited")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +316,9 @@ class ProcessImage(_message.Message):
     STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     ZOMBIE_FIELD_NUMBER: _ClassVar[int]
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FD_FIELD_NUMBER: _ClassVar[int]
+    INHERITED_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     comm: str
@@ -335,7 +342,18 @@ class ProcessImage(_message.Message):
     stop_signal: int
     zombie: bool
     exit_status: int
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ..., vdso_size: _Optional[int] = ..., stop_signal: _Optional[int] = ..., zombie: _Optional[bool] = ..., exit_status: _Optional[int] = ...) -> None: ...
+    start_time: int
+    tracking_fd: int
+    inherited: _containers.RepeatedCompositeFieldContainer[PageRange]
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., mm: _Optional[_Union[MmFields, _Mapping]] = ..., vmas: _Optional[_Iterable[_Union[Vma, _Mapping]]] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., fds: _Optional[_Iterable[_Union[FileDesc, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadState, _Mapping]]] = ..., pages_file: _Optional[str] = ..., pages: _Optional[_Iterable[_Union[PageBlock, _Mapping]]] = ..., pages_bytes: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., itimers: _Optional[_Iterable[_Union[ITimer, _Mapping]]] = ..., shared_pending_signals: _Optional[_Iterable[bytes]] = ..., vdso_size: _Optional[int] = ..., stop_signal: _Optional[int] = ..., zombie: _Optional[bool] = ..., exit_status: _Optional[int] = ..., start_time: _Optional[int] = ..., tracking_fd: _Optional[int] = ..., inherited: _Optional[_Iterable[_Union[PageRange, _Mapping]]] = ...) -> None: ...
+
+class PageRange(_message.Message):
+    __slots__ = ("vaddr", "nr_pages")
+    VADDR_FIELD_NUMBER: _ClassVar[int]
+    NR_PAGES_FIELD_NUMBER: _ClassVar[int]
+    vaddr: int
+    nr_pages: int
+    def __init__(self, vaddr: _Optional[int] = ..., nr_pages: _Optional[int] = ...) -> None: ...
 
 class ITimer(_message.Message):
     __slots__ = ("which", "interval_us", "value_us")

@@ -11,11 +11,11 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -54,6 +54,25 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class PageReader(Protocol):
+    """What restore needs of a process's pages: one pages file, or a chain."""
+
+    name: str
+
+    def read_range(self, vaddr: int, nr_pages: int) -> bytes: ...
+
+    def iter_blocks(self) -> Iterator[tuple[int, bytes]]: ...
+
+    def verify(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
 
 
 class ImageWriter:
@@ -234,7 +253,14 @@ class ImageReader:
         """All processes, in inventory order (root first, as dumped)."""
         return [self.process(pid) for pid in self.inventory().pids]
 
-    def page_reader(self, proc: pb.ProcessImage) -> PageStoreReader:
+    def process_raw(self, pid: int) -> pb.ProcessImage:
+        """The process as this one image stores it (never chain-resolved)."""
+        return ImageReader.process(self, pid)
+
+    def page_reader(self, proc: pb.ProcessImage) -> PageReader:
+        return self.raw_page_reader(proc)
+
+    def raw_page_reader(self, proc: pb.ProcessImage) -> PageStoreReader:
         name = proc.pages_file or _pages_name(proc.pid)
         # Never let a crafted image point outside its directory.
         if "/" in name or name in (".", ".."):

@@ -14,7 +14,8 @@ from google.protobuf.message import DecodeError
 
 from core import procfs
 from core.errors import LazarusError
-from core.images import ImageReader, pb
+from core.images import pb
+from core.images.chain import open_image
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.inject import SYSCALL_INT3, Injector
@@ -49,8 +50,11 @@ def check_files(proc: pb.ProcessImage) -> None:
 
 
 def read_image_sync(ctx: RestoreContext, images_dir: Path) -> None:
-    reader = ImageReader(images_dir)
+    reader = open_image(images_dir)
     ctx.inventory = reader.inventory()
+    if ctx.inventory.predump:
+        raise LazarusError(f"{images_dir} is a pre-dump (memory only): restore the image "
+                           "made by `lazarus dump --prev` on top of it")
     reader.check_kernel()
     here = sum(m.end - m.start for m in procfs.read_maps(os.getpid()) if m.path in VDSO_NAMES)
     if ctx.inventory.vdso_size and ctx.inventory.vdso_size != here:
