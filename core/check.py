@@ -76,6 +76,16 @@ def _pagemap_scan() -> str:
     return "available (dirty tracking for pre-dump)"
 
 
+def _dirty_tracking() -> str:
+    from core.kernel import dirty
+
+    try:
+        dirty.probe()
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError(f"none (pre-dump and migrate unavailable: {exc})") from None
+    return "PAGEMAP_SCAN+uffd-wp-async (pre-dump, dump --prev, migrate)"
+
+
 def _userfaultfd() -> str:
     fd = syscall(K.SYS_USERFAULTFD, os.O_CLOEXEC | os.O_NONBLOCK)
     os.close(fd)
@@ -101,6 +111,7 @@ FEATURES = [
     Feature("userfaultfd", False, _userfaultfd),
     Feature("pidfd-getfd", False, lambda: _syscall_exists(K.SYS_PIDFD_GETFD, -1, 0, 0)),
     Feature("pagemap-scan", False, _pagemap_scan),
+    Feature("dirty-tracking", False, _dirty_tracking),
 ]
 
 

@@ -8,12 +8,16 @@ that finished (and of the failing one), newest first.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from core.errors import LazarusError
+
 C = TypeVar("C")
+FAIL_AFTER = "LAZARUS_TEST_FAIL_AFTER"
 
 log = logging.getLogger("lazarus")
 
@@ -68,6 +72,9 @@ async def run_pipeline(stages: Sequence[Stage[C]], ctx: C) -> PipelineStats:
             t0 = time.perf_counter()
             nbytes = await stage.run(ctx)
             stats.stages.append(StageTiming(stage.name, time.perf_counter() - t0, nbytes))
+            if os.environ.get(FAIL_AFTER) == stage.name:
+                # Test hook: exercise the undo path after a given stage.
+                raise LazarusError(f"failing after stage {stage.name} ({FAIL_AFTER} is set)")
     except BaseException:
         for stage in reversed(started):
             if stage.undo is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -116,10 +117,14 @@ def run_injected(p: ProcDump, fn: Callable[[Injector], T]) -> T:
 
 def create_tracking_fd(p: ProcDump) -> int:
     """userfaultfd() in the process, moved to a high fd number; returns it."""
+    soft, _ = resource.prlimit(p.pid, resource.RLIMIT_NOFILE)
+    # Below the process's fd limit, or the move fails.
+    lowest = TRACKING_FD_MIN if soft < 0 else max(3, min(TRACKING_FD_MIN, soft - 16))
+
     def make(inj: Injector) -> int:
         low = inj.syscall(K.SYS_USERFAULTFD, os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            return inj.syscall(K.SYS_FCNTL, low, F_DUPFD_CLOEXEC, TRACKING_FD_MIN)
+            return inj.syscall(K.SYS_FCNTL, low, F_DUPFD_CLOEXEC, lowest)
         finally:
             inj.syscall(K.SYS_CLOSE, low)
     try:

@@ -299,6 +299,7 @@ def _describe_process(proc: pb.ProcessImage, page_size: int) -> dict[str, object
             for v in proc.vmas
         ],
         "pages_stored": stored,
+        "pages_inherited": sum(r.nr_pages for r in proc.inherited),
         "bytes_raw": raw,
         "bytes_in_file": in_file,
         "compression_ratio": round(raw / in_file, 2) if in_file else None,
@@ -313,6 +314,29 @@ def _describe_process(proc: pb.ProcessImage, page_size: int) -> dict[str, object
             for f in proc.fds
         ],
     }
+
+
+def _describe_chain(directory: Path) -> list[dict[str, object]]:
+    """The image and its ancestors, newest first; a broken link is shown, not raised."""
+    from .chain import parent_dir
+
+    out: list[dict[str, object]] = []
+    d = Path(directory)
+    for _ in range(64):
+        try:
+            reader = ImageReader(d)
+            inv = reader._parse_inventory()
+            pages = sum(b.nr_pages for pid in inv.pids for b in reader.process(pid).pages)
+        except ImageError as exc:
+            out.append({"directory": str(d), "error": str(exc)})
+            break
+        out.append({"directory": str(d), "predump": inv.predump, "pages_stored": pages,
+                    "created": datetime.fromtimestamp(inv.created_unix_ns / 1e9)
+                    .astimezone().isoformat(timespec="seconds")})
+        if not inv.parent:
+            break
+        d = parent_dir(d, inv)
+    return out
 
 
 def describe_image(directory: Path) -> dict[str, object]:
@@ -336,6 +360,9 @@ def describe_image(directory: Path) -> dict[str, object]:
         "root_pid": inv.root_pid,
         "pids": list(inv.pids),
         "leave_running": inv.leave_running,
+        "predump": inv.predump,
+        "parent": inv.parent,
+        "chain": _describe_chain(directory) if inv.parent else [],
         "processes": [_describe_process(reader.process(pid), inv.page_size) for pid in inv.pids],
     }
 
@@ -368,6 +395,20 @@ def format_description(desc: Mapping[str, object]) -> str:
         f"pages     {_get(desc, 'compression', str) or 'none'} compression",
         f"root pid  {_get(desc, 'root_pid', int)}",
     ]
+    if desc.get("predump"):
+        lines.append("kind      pre-dump (memory only, not restorable alone)")
+    chain = desc.get("chain")
+    if isinstance(chain, list) and chain:
+        lines.append(f"chain     {len(chain)} images, newest first:")
+        for c in chain:
+            if not isinstance(c, Mapping):
+                continue
+            if "error" in c:
+                lines.append(f"  {c.get('directory')}: BROKEN: {c.get('error')}")
+            else:
+                kind = "pre-dump" if c.get("predump") else "dump"
+                lines.append(f"  {c.get('directory')}  {kind:<8} {c.get('created')}"
+                             f"  {c.get('pages_stored')} pages stored")
     for p in _get(desc, "processes", list):
         if not isinstance(p, Mapping):
             raise TypeError("image description: a process is not a mapping")
@@ -381,7 +422,9 @@ def format_description(desc: Mapping[str, object]) -> str:
             f"  memory  {_get(p, 'pages_stored', int)} pages stored,"
             f" {_size(_get(p, 'bytes_raw', int))} raw,"
             f" {_size(_get(p, 'bytes_in_file', int))} in file"
-            + (f" (ratio {ratio})" if ratio is not None else ""),
+            + (f" (ratio {ratio})" if ratio is not None else "")
+            + (f", {p.get('pages_inherited')} pages from the parent"
+               if p.get("pages_inherited") else ""),
             f"  {_get(p, 'nr_vmas', int)} VMAs:",
         ]
         for v in _get(p, "vmas", list):

@@ -128,3 +128,31 @@ def is_uffd_marker(entry: int) -> bool:
 
 def open_pagemap(pid: int) -> int:
     return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def probe() -> None:
+    """Arm tracking on one page of our own, write it, and see the scan report
+    it: OSError/RuntimeError if this kernel cannot track dirty pages."""
+    import mmap
+
+    from core.kernel import constants as K
+    from core.kernel.libc import syscall
+
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    buf = (ctypes.c_char * mmap.PAGESIZE).from_buffer(page)
+    addr = ctypes.addressof(buf)
+    fd = syscall(K.SYS_USERFAULTFD, os.O_CLOEXEC | os.O_NONBLOCK)
+    pagemap = open_pagemap(os.getpid())
+    try:
+        enable(fd)
+        track(fd, addr, addr + mmap.PAGESIZE)
+        if written_ranges(pagemap, addr, addr + mmap.PAGESIZE):
+            raise RuntimeError("PAGEMAP_SCAN reports an untouched page as written")
+        page[0] = 1
+        if written_ranges(pagemap, addr, addr + mmap.PAGESIZE) != [(addr, addr + mmap.PAGESIZE)]:
+            raise RuntimeError("PAGEMAP_SCAN does not see a write")
+    finally:
+        os.close(pagemap)
+        os.close(fd)
+        del buf
+        page.close()

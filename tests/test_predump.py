@@ -1,0 +1,183 @@
+"""Pre-dump rounds, `dump --prev` and restore of image chains (eager and lazy)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    LAZARUS,
+    Procs,
+    assert_exact,
+    dump,
+    error_line,
+    fd_targets,
+    image_fds,
+    is_alive,
+    lazarus,
+    leftovers,
+    ok,
+    read_counter,
+    restore_detached,
+    show_json,
+    wait_lines,
+    wait_until,
+)
+
+UFFD = "anon_inode:[userfaultfd]"
+
+
+def uffd_fds(pid: int) -> list[int]:
+    return [fd for fd, link in fd_targets(pid).items() if link == UFFD]
+
+
+def predump(pid: int, images: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return ok(lazarus("pre-dump", "-t", str(pid), "-D", str(images), *extra))
+
+
+def report_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def toggle_twice(pid: int) -> None:
+    os.kill(pid, signal.SIGUSR1)
+    # Merely spacing the signals, not a timing assertion.
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGUSR1)
+
+
+def test_predump_chain_eager_restore_counter(procs: Procs, tmp_path: Path) -> None:
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02")
+    wait_lines(log, 5)
+    p1, p2, final = tmp_path / "p1", tmp_path / "p2", tmp_path / "final"
+    res = predump(w.pid, p1)
+    assert "frozen for" in res.stderr
+    # Tracking stays armed in the running process between rounds.
+    assert len(uffd_fds(w.pid)) == 1
+    n = len(read_counter(log))
+    wait_lines(log, n + 5)
+    predump(w.pid, p2, "--prev", str(p1))
+    assert len(uffd_fds(w.pid)) == 1
+    n = len(read_counter(log))
+    wait_lines(log, n + 5)
+    dump(w, final, "--prev", str(p2))
+
+    desc = show_json(final)
+    chain = desc["chain"]
+    assert isinstance(chain, list) and len(chain) == 3
+    assert [c["predump"] for c in chain] == [False, True, True]
+    assert desc["parent"] == "../p2"
+    assert not any(f["path"] == UFFD for f in image_fds(desc))
+    procs_desc = desc["processes"]
+    assert isinstance(procs_desc, list)
+    # The final image stores only what changed since p2; the rest is inherited.
+    assert procs_desc[0]["pages_inherited"] > procs_desc[0]["pages_stored"]
+
+    before = read_counter(log)
+    pid = restore_detached(final, tmp_path / "pid")
+    procs.adopt(pid)
+    assert pid == w.pid
+    after = wait_lines(log, len(before) + 10)
+    assert_exact(after)
+    assert uffd_fds(pid) == [], "restore must not recreate the tracking userfaultfd"
+
+
+def test_chain_lazy_local_restore(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    w = procs.python("rewriter", str(out), "--total", "24", "--hot", "8")
+    wait_until(lambda: report_lines(out) == ["ready"], 30, "the rewriter to fill its buffer")
+    p1, final = tmp_path / "p1", tmp_path / "final"
+    predump(w.pid, p1)
+    os.kill(w.pid, signal.SIGUSR1)    # stop rewriting, check and report
+    wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's first report")
+    reported = report_lines(out)[1]
+    assert reported.startswith("ok "), reported
+    dump(w, final, "--prev", str(p1))
+    restore = subprocess.Popen([LAZARUS, "restore", "-D", str(final), "--lazy"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    procs.track(restore)
+    procs.adopt(w.pid)
+    wait_until(lambda: is_alive(w.pid), 30, "the lazily restored rewriter")
+    # Two toggles: rewrite a while, then stop and check everything again
+    # (spaced: a second SIGUSR1 still pending would merge with the first).
+    toggle_twice(w.pid)
+    wait_until(lambda: len(report_lines(out)) == 3, 60, "the restored rewriter's report")
+    line = report_lines(out)[2]
+    assert line.startswith("ok "), line
+
+
+def test_prev_of_another_process_is_refused(procs: Procs, tmp_path: Path) -> None:
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = procs.python("counter", str(log_a), "--interval", "0.02", name="a")
+    b = procs.python("counter", str(log_b), "--interval", "0.02", name="b")
+    wait_lines(log_a, 3)
+    wait_lines(log_b, 3)
+    pa = tmp_path / "pa"
+    predump(a.pid, pa)
+    images = tmp_path / "img"
+    for cmd in ("dump", "pre-dump"):
+        line = error_line(lazarus(cmd, "-t", str(b.pid), "-D", str(images), "--prev", str(pa)))
+        assert f"image of PID {a.pid}" in line
+        assert not images.exists() and leftovers(images) == []
+    # b was never touched; both run on.
+    assert uffd_fds(b.pid) == []
+    n = len(read_counter(log_b))
+    assert_exact(wait_lines(log_b, n + 3))
+    # A pre-dump alone does not restore, and a chain with its parent gone neither.
+    line = error_line(lazarus("restore", "-D", str(pa), "-d"))
+    assert "pre-dump" in line
+    final = tmp_path / "final"
+    dump(a, final, "--prev", str(pa))
+    pa.rename(tmp_path / "moved")
+    line = error_line(lazarus("restore", "-D", str(final), "-d"))
+    assert "chain broken" in line
+    assert not is_alive(a.pid)
+
+
+@pytest.mark.parametrize("stage", ["dirty", "release", "memory"])
+def test_failed_predump_leaves_target_as_it_was(procs: Procs, tmp_path: Path,
+                                                stage: str) -> None:
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02")
+    wait_lines(log, 3)
+    images = tmp_path / "img"
+    env = dict(os.environ, LAZARUS_TEST_FAIL_AFTER=stage)
+    res = subprocess.run([LAZARUS, "pre-dump", "-t", str(w.pid), "-D", str(images)],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert f"failing after stage {stage}" in error_line(res)
+    assert not images.exists() and leftovers(images) == []
+    assert uffd_fds(w.pid) == [], "a failed pre-dump left its userfaultfd in the process"
+    n = len(read_counter(log))
+    assert_exact(wait_lines(log, n + 5))
+
+
+def test_failed_final_dump_keeps_tracking(procs: Procs, tmp_path: Path) -> None:
+    """A failed `dump --prev` leaves the process running, still tracked: the
+    same dump can be tried again."""
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02")
+    wait_lines(log, 3)
+    p1, final = tmp_path / "p1", tmp_path / "final"
+    predump(w.pid, p1)
+    env = dict(os.environ, LAZARUS_TEST_FAIL_AFTER="memory")
+    res = subprocess.run([LAZARUS, "dump", "-t", str(w.pid), "-D", str(final), "--prev",
+                          str(p1)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=60, env=env)
+    error_line(res)
+    assert not final.exists() and leftovers(final) == []
+    assert len(uffd_fds(w.pid)) == 1
+    n = len(read_counter(log))
+    wait_lines(log, n + 3)
+    # --leave-running: the final dump ends tracking, nothing of ours stays behind.
+    dump(w, final, "--prev", str(p1), "--leave-running")
+    assert uffd_fds(w.pid) == []
+    n = len(read_counter(log))
+    assert_exact(wait_lines(log, n + 3))
