@@ -97,6 +97,18 @@ def cmd_predump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from core.migrate import MigrateOptions, format_result, migrate
+
+    server = ServerAddress.from_options(args.to, args.token_file, args.tls_ca)
+    opts = MigrateOptions(pid=args.tree, server=server, name=args.name or f"migrate-{args.tree}",
+                          max_rounds=args.max_rounds, compress=args.compress == "lz4",
+                          work_dir=Path(args.work_dir) if args.work_dir else None)
+    res = run_async(migrate(opts))
+    print(format_result(opts, res, args.to))
+    return 0
+
+
 def exit_status(status: int) -> int:
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
@@ -385,6 +397,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="page block compression (default lz4)")
     pd.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     pd.set_defaults(func=cmd_predump)
+
+    m = sub.add_parser("migrate", help="live-migrate a process to a page server: pre-copy "
+                       "rounds while it runs, then a short final freeze")
+    m.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
+                   help="process to migrate")
+    m.add_argument("--to", required=True, metavar="HOST:PORT", help="the page server")
+    m.add_argument("--name", metavar="NAME", help="the image's name there (default "
+                   "migrate-PID)")
+    m.add_argument("--token-file", metavar="FILE", help="token the page server asks for")
+    m.add_argument("--tls-ca", metavar="FILE", help="CA to check the page server's TLS "
+                   "certificate with (turns TLS on)")
+    m.add_argument("--max-rounds", type=int, default=5, metavar="N",
+                   help="pre-dump rounds at most (default 5; fewer once the pages written "
+                        "per round stop shrinking)")
+    m.add_argument("--work-dir", metavar="DIR",
+                   help="keep the image chain in DIR (default: a temporary directory, "
+                        "removed once the image is on the server)")
+    m.add_argument("--compress", choices=("lz4", "none"), default="lz4",
+                   help="page block compression (default lz4)")
+    m.set_defaults(func=cmd_migrate)
 
     r = sub.add_parser("restore", help="bring a dumped process back")
     r.add_argument("-D", "--images-dir", metavar="DIR", help="the image directory")

@@ -1,0 +1,150 @@
+"""`lazarus migrate`: live migration with pre-copy.
+
+Pre-dump rounds copy memory while the process runs, each round only what
+was written since the one before, until the amount stops shrinking (or a
+round limit); then the final `dump --prev` freezes the process, stores what
+changed since the last round and kills it, so the process is frozen only
+for that last, small copy. The chain is then merged into one image (the
+page server serves stand-alone images) and uploaded.
+
+The process is killed once the final image is on local disk, before the
+upload: an upload that fails keeps the chain in its work directory (and says
+where) so that it can still be restored or sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.dump import DumpOptions, dump, predump
+from core.errors import LazarusError
+from core.images.chain import merge_chain
+from core.remote import ServerAddress
+from pageserver.client import PageServerError
+
+log = logging.getLogger("lazarus")
+
+SHRINK = 0.9            # a round must copy under 90% of the one before to be worth another
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+SMALL = 1 << 20         # a round this small needs no other before the final dump
+
+
+@dataclass
+class MigrateOptions:
+    pid: int
+    server: ServerAddress
+    name: str
+    max_rounds: int = 5
+    compress: bool = True
+    work_dir: Path | None = None      # where the chain is written (default: a new temp dir)
+
+
+@dataclass
+class Round:
+    bytes_copied: int
+    frozen_seconds: float
+    seconds: float
+
+
+@dataclass
+class MigrateResult:
+    rounds: list[Round] = field(default_factory=list)
+    final_bytes: int = 0
+    frozen_seconds: float = 0.0       # the final dump: frozen until killed
+    merge_seconds: float = 0.0
+    upload_seconds: float = 0.0
+    uploaded_bytes: int = 0
+    downtime_seconds: float = 0.0     # frozen until the image is on the server
+
+
+def worth_another(rounds: list[Round]) -> bool:
+    last = rounds[-1].bytes_copied
+    if last <= SMALL:
+        return False
+    return len(rounds) < 2 or last < rounds[-2].bytes_copied * SHRINK
+
+
+async def migrate(opts: MigrateOptions) -> MigrateResult:
+    if opts.max_rounds < 1:
+        raise LazarusError("--max-rounds must be at least 1")
+    if not NAME.fullmatch(opts.name):
+        raise LazarusError(f"--name {opts.name!r}: use letters, digits, '.', '_' and '-' "
+                           "(not starting with '.')")
+    work = opts.work_dir or Path(tempfile.mkdtemp(prefix="lazarus-migrate-"))
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    res = MigrateResult()
+    keep = False
+    try:
+        # Checked before anything is frozen: an unreachable server ends the
+        # migration while the process still runs untouched.
+        client = await opts.server.connect()
+        await client.close()
+        prev: Path | None = None
+        while len(res.rounds) < opts.max_rounds:
+            d = work / f"pre-{len(res.rounds)}"
+            t0 = time.perf_counter()
+            ctx, _ = await predump(DumpOptions(pid=opts.pid, images_dir=d,
+                                               compress=opts.compress, prev=prev))
+            res.rounds.append(Round(sum(p.proc.pages_bytes for p in ctx.procs.values()),
+                                    ctx.frozen_seconds, time.perf_counter() - t0))
+            prev = d
+            if not worth_another(res.rounds):
+                break
+        final = work / "final"
+        ctx, _ = await dump(DumpOptions(pid=opts.pid, images_dir=final, compress=opts.compress,
+                                        prev=prev))
+        # From here the process is gone: the chain on disk is all there is.
+        keep = True
+        frozen_at = ctx.frozen_at
+        res.frozen_seconds = ctx.frozen_seconds
+        res.final_bytes = sum(p.proc.pages_bytes for p in ctx.procs.values())
+        t0 = time.perf_counter()
+        merged = work / "upload" / opts.name
+        merged.parent.mkdir(mode=0o700)
+        merge_chain(final, merged, opts.compress)
+        res.merge_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        client = await opts.server.connect()
+        try:
+            await client.put_image(opts.name, merged)
+        except PageServerError as exc:
+            raise LazarusError(f"cannot store the image on the page server: {exc}; the "
+                               f"process was dumped: its image chain is kept in {final}")\
+                from None
+        finally:
+            await client.close()
+        res.upload_seconds = time.perf_counter() - t0
+        res.uploaded_bytes = sum(f.stat().st_size for f in merged.iterdir())
+        res.downtime_seconds = time.perf_counter() - frozen_at
+        keep = False
+        return res
+    except BaseException:
+        if keep:
+            log.warning("image chain kept in %s", work)
+        raise
+    finally:
+        if not keep and opts.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str) -> str:
+    lines = [f"pre-dump round {i + 1}: {r.bytes_copied / 1e6:.1f} MB copied in "
+             f"{r.seconds * 1000:.0f} ms, frozen for {r.frozen_seconds * 1000:.1f} ms"
+             for i, r in enumerate(res.rounds)]
+    lines += [
+        f"final dump: {res.final_bytes / 1e6:.1f} MB, frozen for "
+        f"{res.frozen_seconds * 1000:.1f} ms",
+        f"image {opts.name}: merged in {res.merge_seconds * 1000:.0f} ms, "
+        f"{res.uploaded_bytes / 1e6:.1f} MB uploaded in {res.upload_seconds * 1000:.0f} ms",
+        f"downtime until the image was on the page server: "
+        f"{res.downtime_seconds * 1000:.0f} ms",
+        "restore it on the other side with:",
+        f"  lazarus restore --lazy --page-server {hostport} --image {opts.name}",
+    ]
+    return "\n".join(lines)
