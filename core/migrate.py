@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.dump import DumpOptions, dump, predump
+from core.dump import DumpOptions, dump, end_tracking, predump
 from core.errors import LazarusError
 from core.images.chain import merge_chain
 from core.remote import ServerAddress
@@ -89,16 +89,27 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         while len(res.rounds) < opts.max_rounds:
             d = work / f"pre-{len(res.rounds)}"
             t0 = time.perf_counter()
-            ctx, _ = await predump(DumpOptions(pid=opts.pid, images_dir=d,
-                                               compress=opts.compress, prev=prev))
+            try:
+                ctx, _ = await predump(DumpOptions(pid=opts.pid, images_dir=d,
+                                                   compress=opts.compress, prev=prev))
+            except BaseException:
+                if prev is not None:
+                    await end_tracking(prev)
+                raise
             res.rounds.append(Round(sum(p.proc.pages_bytes for p in ctx.procs.values()),
                                     ctx.frozen_seconds, time.perf_counter() - t0))
             prev = d
             if not worth_another(res.rounds):
                 break
         final = work / "final"
-        ctx, _ = await dump(DumpOptions(pid=opts.pid, images_dir=final, compress=opts.compress,
-                                        prev=prev))
+        assert prev is not None     # max_rounds >= 1
+        try:
+            ctx, _ = await dump(DumpOptions(pid=opts.pid, images_dir=final,
+                                            compress=opts.compress, prev=prev))
+        except BaseException:
+            # The process runs on: it keeps nothing of ours.
+            await end_tracking(prev)
+            raise
         # From here the process is gone: the chain on disk is all there is.
         keep = True
         frozen_at = ctx.frozen_at

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
-from tests.conftest import Procs, error_line, is_alive, lazarus, ok, wait_until
+from tests.conftest import LAZARUS, Procs, error_line, is_alive, lazarus, ok, wait_until
 from tests.test_lazy_remote import restore_lazy, served  # noqa: F401  (fixture)
 from tests.test_pageserver import ServerProc
 from tests.test_predump import report_lines, uffd_fds
@@ -54,6 +55,25 @@ def test_migrate_to_nowhere_leaves_process_running(procs: Procs, tmp_path: Path)
         line = error_line(lazarus("migrate", "-t", str(w.pid), "--to", f"127.0.0.1:{port}"))
     assert "127.0.0.1" in line
     assert is_alive(w.pid) and uffd_fds(w.pid) == []
+    os.kill(w.pid, signal.SIGUSR1)
+    wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
+    assert report_lines(out)[1].startswith("ok ")
+
+
+def test_migrate_failing_at_final_dump_leaves_process_running(
+        procs: Procs, tmp_path: Path, served: ServerProc) -> None:  # noqa: F811
+    out = tmp_path / "report"
+    w = procs.python("rewriter", str(out), "--total", "8", "--hot", "4")
+    wait_until(lambda: report_lines(out) == ["ready"], 30, "the rewriter to fill its buffer")
+    env = dict(os.environ, LAZARUS_TEST_FAIL_AFTER="collect")    # a stage of the final dump
+    res = subprocess.run([LAZARUS, "migrate", "-t", str(w.pid), "--to",
+                          f"{served.host}:{served.port}", "--name", "x"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert "failing after stage collect" in error_line(res)
+    # Pre-dump rounds ran; the failed final dump leaves no tracking fd behind.
+    assert is_alive(w.pid) and uffd_fds(w.pid) == []
+    assert not (served.images / "x").exists()
     os.kill(w.pid, signal.SIGUSR1)
     wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
     assert report_lines(out)[1].startswith("ok ")

@@ -14,7 +14,14 @@ from core.dump.collect import collect, collect_vmas
 from core.dump.context import DumpContext, DumpOptions
 from core.dump.freeze import freeze, thaw, undo_freeze
 from core.dump.memory import dump_memory
-from core.dump.tracking import close_our_fds, close_tracking_fd, prev_stage, track, untrack
+from core.dump.tracking import (
+    close_our_fds,
+    close_tracking_fd,
+    end_tracking_sync,
+    prev_stage,
+    track,
+    untrack,
+)
 from core.errors import LazarusError
 from core.images import FORMAT_VERSION, PAGE_SIZE, ImageWriter
 from core.kernel import ptrace as pt
@@ -22,7 +29,7 @@ from core.kernel.tracer import Tracer
 from core.pipeline import PipelineStats, Stage, run_pipeline
 from pageserver.client import PageServerError
 
-__all__ = ["DumpOptions", "dump", "predump"]
+__all__ = ["DumpOptions", "dump", "end_tracking", "predump"]
 
 KILL_TIMEOUT = 5.0
 
@@ -137,7 +144,7 @@ PREDUMP_STAGES: list[Stage[DumpContext]] = [
     Stage("prev", prev_stage),
     Stage("image-open", open_image, abort_image),
     Stage("freeze", start_freeze, undo_freeze),
-    Stage("collect", collect_vmas),
+    Stage("collect-vmas", collect_vmas),
     Stage("dirty", track, untrack),
     Stage("release", release),
     Stage("memory", dump_memory),
@@ -176,4 +183,13 @@ async def predump(opts: DumpOptions) -> tuple[DumpContext, PipelineStats]:
         return ctx, await run_pipeline(PREDUMP_STAGES, ctx)
     finally:
         await tracer.call(close_our_fds, ctx)
+        tracer.close()
+
+
+async def end_tracking(prev: Path) -> None:
+    """Stop the dirty tracking a pre-dump left in its processes."""
+    tracer = Tracer()
+    try:
+        await tracer.call(end_tracking_sync, prev)
+    finally:
         tracer.close()

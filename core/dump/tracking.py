@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from core import procfs
@@ -245,3 +246,27 @@ async def track(ctx: DumpContext) -> None:
 async def untrack(ctx: DumpContext) -> None:
     await ctx.tracer.call(untrack_sync, ctx)
 
+
+
+def end_tracking_sync(prev: Path) -> None:
+    """Close the tracking userfaultfds that the pre-dump `prev` left in its
+    processes (a migration given up before its final dump)."""
+    reader = ImageReader(prev)
+    for proc in reader.processes():
+        if proc.tracking_fd <= 0:
+            continue
+        try:
+            if procfs.read_stat(proc.pid).start_time != proc.start_time:
+                continue
+            if os.readlink(procfs.proc(proc.pid, "fd", str(proc.tracking_fd))) != UFFD_LINK:
+                continue
+        except OSError:
+            continue      # gone, or the fd is: nothing of ours is left there
+        p = ProcDump(proc.pid)
+        if not freeze_process(p):
+            continue
+        try:
+            p.tracking_fd = proc.tracking_fd
+            close_tracking_fd(p)
+        finally:
+            thaw_process(p)
