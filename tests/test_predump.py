@@ -181,3 +181,46 @@ def test_failed_final_dump_keeps_tracking(procs: Procs, tmp_path: Path) -> None:
     assert uffd_fds(w.pid) == []
     n = len(read_counter(log))
     assert_exact(wait_lines(log, n + 3))
+
+
+def test_prev_of_restarted_process_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """Same PID, another process: the start time recorded in the pre-dump tells."""
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02")
+    wait_lines(log, 3)
+    p1, full = tmp_path / "p1", tmp_path / "full"
+    predump(w.pid, p1)
+    dump(w, full)
+    line = error_line(lazarus("dump", "-t", str(w.pid), "-D", str(tmp_path / "x"), "--prev",
+                              str(p1)))
+    assert f"no process with PID {w.pid}" in line
+    # Brought back with the same PID: a new process as far as tracking goes.
+    pid = restore_detached(full, tmp_path / "pid")
+    procs.adopt(pid)
+    assert pid == w.pid
+    images = tmp_path / "img"
+    line = error_line(lazarus("dump", "-t", str(pid), "-D", str(images), "--prev", str(p1)))
+    assert "restarted" in line
+    assert not images.exists() and leftovers(images) == []
+    n = len(read_counter(log))
+    assert_exact(wait_lines(log, n + 3))
+
+
+def test_predump_of_a_tree(procs: Procs, tmp_path: Path) -> None:
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02", "--child")
+    wait_lines(log, 3)
+    p1, final = tmp_path / "p1", tmp_path / "final"
+    predump(w.pid, p1)
+    kids = show_json(p1)["pids"]
+    assert isinstance(kids, list) and len(kids) == 2
+    for pid in kids:
+        assert len(uffd_fds(pid)) == 1
+    n = len(read_counter(log))
+    wait_lines(log, n + 3)
+    dump(w, final, "--prev", str(p1))
+    pid = restore_detached(final, tmp_path / "pid")
+    procs.adopt(pid)
+    for kid in kids:
+        procs.adopt(kid)
+    assert_exact(wait_lines(log, len(read_counter(log)) + 5))

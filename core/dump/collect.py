@@ -12,6 +12,7 @@ import struct
 
 from core import procfs
 from core.dump.context import DumpContext, ProcDump
+from core.dump.tracking import find_tracking_fd
 from core.errors import LazarusError
 from core.images import pb
 from core.kernel import constants as K
@@ -372,7 +373,12 @@ def collect_sync(ctx: DumpContext) -> None:
             p.proc.comm = stat.comm
         else:
             prev = ctx.prev_procs.get(p.pid)
-            collect_process(p, unix, prev.tracking_fd if prev and prev.tracking_fd else -1)
+            if prev is not None and prev.tracking_fd > 0:
+                skip = prev.tracking_fd
+            else:
+                # A full dump of a pre-dumped process: tracking ends with it.
+                skip = p.tracking_fd = find_tracking_fd(p.pid)
+            collect_process(p, unix, skip)
     find_internal_pipes(ctx)
     find_socket_pairs(ctx, unix)
     find_shared_files(ctx)

@@ -83,6 +83,24 @@ def load_prev(ctx: DumpContext) -> None:
     ctx.inventory.parent = os.path.relpath(prev.resolve(), ctx.opts.images_dir.resolve())
 
 
+def find_tracking_fd(pid: int) -> int:
+    """A tracking userfaultfd a pre-dump left in the process (-1 if none):
+    a userfaultfd in async write-protect mode, which fdinfo shows as
+    "API: aa:FEATURES:IOCTLS". A full dump must not take it for a file of
+    the process."""
+    for fd in procfs.list_fds(pid):
+        try:
+            if os.readlink(procfs.proc(pid, "fd", str(fd))) != UFFD_LINK:
+                continue
+            api = procfs.read_fdinfo(pid, fd).extra.get("API", "")
+        except OSError:
+            continue
+        parts = api.split(":")
+        if len(parts) == 3 and int(parts[1], 16) & dirty.WP_FEATURES == dirty.WP_FEATURES:
+            return fd
+    return -1
+
+
 def tracking_fd_of(ctx: DumpContext, pid: int) -> int:
     prev = ctx.prev_procs.get(pid)
     return prev.tracking_fd if prev is not None and prev.tracking_fd > 0 else -1
