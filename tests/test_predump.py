@@ -99,15 +99,13 @@ def test_chain_lazy_local_restore(procs: Procs, tmp_path: Path) -> None:
     reported = report_lines(out)[1]
     assert reported.startswith("ok "), reported
     dump(w, final, "--prev", str(p1))
-    restore = subprocess.Popen([LAZARUS, "restore", "-D", str(final), "--lazy"],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    procs.track(restore)
-    procs.adopt(w.pid)
-    wait_until(lambda: is_alive(w.pid), 30, "the lazily restored rewriter")
+    pid = restore_detached(final, tmp_path / "pid", "--lazy", "--log-file",
+                           str(tmp_path / "lazy.log"))
+    procs.adopt(pid)
+    assert pid == w.pid
     # Two toggles: rewrite a while, then stop and check everything again
     # (spaced: a second SIGUSR1 still pending would merge with the first).
-    toggle_twice(w.pid)
+    toggle_twice(pid)
     wait_until(lambda: len(report_lines(out)) == 3, 60, "the restored rewriter's report")
     line = report_lines(out)[2]
     assert line.startswith("ok "), line
@@ -159,26 +157,48 @@ def test_failed_predump_leaves_target_as_it_was(procs: Procs, tmp_path: Path,
     assert_exact(wait_lines(log, n + 5))
 
 
+def fail_after(stage: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LAZARUS_TEST_FAIL_AFTER=stage)
+    return subprocess.run([LAZARUS, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
 def test_failed_final_dump_keeps_tracking(procs: Procs, tmp_path: Path) -> None:
-    """A failed `dump --prev` leaves the process running, still tracked: the
-    same dump can be tried again."""
+    """A failed `dump --prev` leaves the process running, its tracking intact:
+    the retry still stores every page written since the pre-dump."""
+    out = tmp_path / "report"
+    w = procs.python("rewriter", str(out), "--total", "16", "--hot", "8")
+    wait_until(lambda: report_lines(out) == ["ready"], 30, "the rewriter to fill its buffer")
+    p1, final = tmp_path / "p1", tmp_path / "final"
+    predump(w.pid, p1)
+    os.kill(w.pid, signal.SIGUSR1)     # stop writing: what it wrote since p1 is final
+    wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
+    error_line(fail_after("memory", "dump", "-t", str(w.pid), "-D", str(final),
+                          "--prev", str(p1)))
+    assert not final.exists() and leftovers(final) == []
+    assert len(uffd_fds(w.pid)) == 1
+    dump(w, final, "--prev", str(p1))
+    pid = restore_detached(final, tmp_path / "pid")
+    procs.adopt(pid)
+    toggle_twice(pid)                  # rewrite a while, stop, check every byte
+    wait_until(lambda: len(report_lines(out)) == 3, 60, "the restored rewriter's report")
+    assert report_lines(out)[2].startswith("ok "), report_lines(out)[2]
+
+
+def test_failed_predump_round_ends_tracking(procs: Procs, tmp_path: Path) -> None:
+    """A failed second round has consumed the writes since the first: it ends
+    tracking, so --prev of the first round is refused instead of missing them."""
     log = tmp_path / "count.log"
     w = procs.python("counter", str(log), "--interval", "0.02")
     wait_lines(log, 3)
-    p1, final = tmp_path / "p1", tmp_path / "final"
+    p1 = tmp_path / "p1"
     predump(w.pid, p1)
-    env = dict(os.environ, LAZARUS_TEST_FAIL_AFTER="memory")
-    res = subprocess.run([LAZARUS, "dump", "-t", str(w.pid), "-D", str(final), "--prev",
-                          str(p1)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=60, env=env)
-    error_line(res)
-    assert not final.exists() and leftovers(final) == []
-    assert len(uffd_fds(w.pid)) == 1
-    n = len(read_counter(log))
-    wait_lines(log, n + 3)
-    # --leave-running: the final dump ends tracking, nothing of ours stays behind.
-    dump(w, final, "--prev", str(p1), "--leave-running")
+    error_line(fail_after("memory", "pre-dump", "-t", str(w.pid), "-D", str(tmp_path / "p2"),
+                          "--prev", str(p1)))
     assert uffd_fds(w.pid) == []
+    line = error_line(lazarus("dump", "-t", str(w.pid), "-D", str(tmp_path / "final"),
+                              "--prev", str(p1)))
+    assert "no longer holds the dirty-tracking userfaultfd" in line
     n = len(read_counter(log))
     assert_exact(wait_lines(log, n + 3))
 

@@ -43,6 +43,7 @@ class ProcDump:
     tracking_fd: int = -1
     uffd: int = -1
     tracking_created: bool = False
+    tracking_consumed: bool = False   # written bits were read and cleared by this run
     written: dict[int, list[tuple[int, int]] | None] = field(default_factory=dict)
 
     @property

@@ -200,7 +200,11 @@ def track_process(ctx: DumpContext, p: ProcDump) -> None:
             if vma.kind not in TRACKED_KINDS:
                 continue
             try:
-                p.written[vma.start] = dirty.written_ranges(pagemap, vma.start, vma.end)
+                # The final dump only reads: if it fails, tracking goes on
+                # intact and a retry sees every write since the parent.
+                p.written[vma.start] = dirty.written_ranges(pagemap, vma.start, vma.end,
+                                                            rearm=ctx.opts.predump)
+                p.tracking_consumed = ctx.opts.predump
                 continue
             except dirty.NotTracked:
                 p.written[vma.start] = None     # new (or re-made) since the last round
@@ -223,12 +227,15 @@ def track_sync(ctx: DumpContext) -> None:
 
 
 def untrack_sync(ctx: DumpContext) -> None:
-    """Undo of a failed pre-dump: no userfaultfd of ours stays in a process."""
+    """Undo of a failed pre-dump: no userfaultfd of ours stays in a process
+    that did not have one, and tracking whose writes this round consumed
+    (re-armed) without storing them ends, so that a later --prev of the
+    parent image is refused instead of missing those writes."""
     for p in ctx.procs.values():
         if p.uffd >= 0:
             os.close(p.uffd)
             p.uffd = -1
-        if not p.tracking_created or p.tracking_fd < 0:
+        if not (p.tracking_created or p.tracking_consumed) or p.tracking_fd < 0:
             continue
         try:
             if p.threads:

@@ -95,11 +95,12 @@ def scan(pagemap_fd: int, start: int, end: int, category_mask: int, *,
         pos = int(arg.walk_end)
 
 
-def written_ranges(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:
-    """Ranges written since the last round, write-protected again at once
-    (the 'get and clear' of dirty tracking). NotTracked for a VMA that is
-    not registered."""
-    return list(scan(pagemap_fd, start, end, PAGE_IS_WRITTEN, write_protect=True,
+def written_ranges(pagemap_fd: int, start: int, end: int,
+                   rearm: bool = True) -> list[tuple[int, int]]:
+    """Ranges written since the last round; with rearm they are write-protected
+    again at once (the 'get and clear' of dirty tracking). NotTracked for a
+    VMA that is not registered."""
+    return list(scan(pagemap_fd, start, end, PAGE_IS_WRITTEN, write_protect=rearm,
                      check_wpasync=True))
 
 
