@@ -75,6 +75,9 @@ def finish_sync(ctx: DumpContext) -> None:
     for p in ctx.procs.values():
         if not p.proc.zombie:
             os.kill(p.pid, signal.SIGKILL)
+    # Frozen until killed: the kernel's teardown of the memory after it is not
+    # time the process waits for anything.
+    ctx.killed_at = time.perf_counter()
     # As their tracer we see each thread die first; the real parent can reap
     # a process only after (its leader is reported last).
     for p in ctx.procs.values():
@@ -86,7 +89,7 @@ def finish_sync(ctx: DumpContext) -> None:
 
 async def finish(ctx: DumpContext) -> None:
     await ctx.tracer.call(finish_sync, ctx)
-    ctx.frozen_seconds = time.perf_counter() - ctx.frozen_at
+    ctx.frozen_seconds = (ctx.killed_at or time.perf_counter()) - ctx.frozen_at
     return None
 
 

@@ -61,6 +61,7 @@ class DumpContext:
     warnings: list[str] = field(default_factory=list)
     prev_procs: dict[int, pb.ProcessImage] = field(default_factory=dict)  # parent image, by pid
     frozen_at: float = 0.0         # perf_counter when the freeze began
+    killed_at: float = 0.0         # perf_counter when the SIGKILLs were sent (0: not killed)
     frozen_seconds: float = 0.0    # how long the process could not run
 
     @property

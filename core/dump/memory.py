@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from array import array
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 
 from core import procfs
 from core.dump.context import DumpContext, ProcDump
 from core.images import PAGE_SIZE, PageStoreWriter, pb, ranges
-from core.kernel.dirty import is_uffd_marker
+from core.kernel.dirty import SWP_PTE_MARKER, SWP_TYPE_MASK
 from core.kernel.memory import ProcMem
 
 log = logging.getLogger("lazarus")
@@ -28,29 +28,39 @@ READ_CHUNK = 4 << 20        # bytes read from the target per call
 DUMPED_KINDS = (pb.Vma.ANON_PRIVATE, pb.Vma.ANON_SHARED, pb.Vma.FILE_PRIVATE)
 
 
+def _table(pred: Callable[[int], bool]) -> bytes:
+    return bytes(1 if pred(b) else 0 for b in range(256))
+
+
+# Per pagemap entry, its top byte (bits 56-63) and its low byte (the swap
+# type of a swap entry): mapped to 0/1 by bytes.translate, so a whole VMA
+# is classified at C speed instead of one Python step per page.
+_TOP_PRESENT = _table(lambda b: bool(b & 0x80))
+_TOP_PRESENT_ANON = _table(lambda b: bool(b & 0x80) and not b & 0x20)  # PM_FILE is bit 61
+_TOP_SWAPPED = _table(lambda b: bool(b & 0x40) and not b & 0x80)
+_LOW_NOT_MARKER = _table(lambda b: b & SWP_TYPE_MASK != SWP_PTE_MARKER)
+_KEEP = re.compile(b"\x01+")
+
+
 def stored_runs(pagemap_fd: int, vma: pb.Vma) -> Iterator[tuple[int, int]]:
-    """(address, npages) runs of pages of `vma` that belong in the image."""
+    """(address, npages) runs of pages of `vma` that belong in the image:
+    present (for a private file mapping: copied-on-write, not file pages) or
+    swapped; a userfaultfd write-protect marker on a never-filled pte reads
+    as swapped but holds no page."""
     npages = (vma.end - vma.start) // PAGE_SIZE
-    entries = array("Q")
-    entries.frombytes(os.pread(pagemap_fd, npages * 8, vma.start // PAGE_SIZE * 8))
-    file_private = vma.kind == pb.Vma.FILE_PRIVATE
-    run_start = -1
-    for i, e in enumerate(entries):
-        if e & PM_SWAPPED:
-            # A userfaultfd write-protect marker on a never-filled pte reads
-            # as swapped: it holds no page.
-            keep = not is_uffd_marker(e)
-        elif e & PM_PRESENT:
-            keep = not (file_private and e & PM_FILE)
-        else:
-            keep = False
-        if keep and run_start < 0:
-            run_start = i
-        elif not keep and run_start >= 0:
-            yield vma.start + run_start * PAGE_SIZE, i - run_start
-            run_start = -1
-    if run_start >= 0:
-        yield vma.start + run_start * PAGE_SIZE, len(entries) - run_start
+    data = os.pread(pagemap_fd, npages * 8, vma.start // PAGE_SIZE * 8)
+    npages = len(data) // 8
+    top, low = data[7::8], data[0::8]
+    present = top.translate(_TOP_PRESENT_ANON if vma.kind == pb.Vma.FILE_PRIVATE
+                            else _TOP_PRESENT)
+    swapped = top.translate(_TOP_SWAPPED)
+    if swapped.count(0) != npages:
+        keep = int.from_bytes(present, "little") | (
+            int.from_bytes(swapped, "little") &
+            int.from_bytes(low.translate(_LOW_NOT_MARKER), "little"))
+        present = keep.to_bytes(npages, "little")
+    for m in _KEEP.finditer(present):
+        yield vma.start + m.start() * PAGE_SIZE, m.end() - m.start()
 
 
 def copy_run(mem: ProcMem, store: PageStoreWriter, view: memoryview, addr: int, end: int,
