@@ -4,8 +4,10 @@ Pre-dump rounds copy memory while the process runs, each round only what
 was written since the one before, until the amount stops shrinking (or a
 round limit); then the final `dump --prev` freezes the process, stores what
 changed since the last round and kills it, so the process is frozen only
-for that last, small copy. The chain is then merged into one image (the
-page server serves stand-alone images) and uploaded.
+for that last, small copy. The chain is then flattened into one image (the
+page server serves stand-alone images; flattening appends what the newer
+images add to the oldest one's pages file instead of copying it all) and
+uploaded.
 
 The process is killed once the final image is on local disk, before the
 upload: an upload that fails keeps the chain in its work directory (and says
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from core.dump import DumpOptions, dump, end_tracking, predump
 from core.errors import LazarusError
-from core.images.chain import merge_chain
+from core.images.chain import flatten_own_chain
 from core.remote import ServerAddress
 from pageserver.client import PageServerError
 
@@ -118,7 +120,7 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         t0 = time.perf_counter()
         merged = work / "upload" / opts.name
         merged.parent.mkdir(mode=0o700)
-        merge_chain(final, merged, opts.compress)
+        flatten_own_chain(final, merged, opts.compress)
         res.merge_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         client = await opts.server.connect()
@@ -151,7 +153,7 @@ def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str) -> st
     lines += [
         f"final dump: {res.final_bytes / 1e6:.1f} MB, frozen for "
         f"{res.frozen_seconds * 1000:.1f} ms",
-        f"image {opts.name}: merged in {res.merge_seconds * 1000:.0f} ms, "
+        f"image {opts.name}: flattened in {res.merge_seconds * 1000:.0f} ms, "
         f"{res.uploaded_bytes / 1e6:.1f} MB uploaded in {res.upload_seconds * 1000:.0f} ms",
         f"downtime until the image was on the page server: "
         f"{res.downtime_seconds * 1000:.0f} ms",

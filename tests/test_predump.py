@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from core.images import PAGE_SIZE, ImageReader
+from core.images.chain import ChainReader, flatten_own_chain
 from tests.conftest import (
     LAZARUS,
     Procs,
@@ -78,6 +80,17 @@ def test_predump_chain_eager_restore_counter(procs: Procs, tmp_path: Path) -> No
     assert isinstance(procs_desc, list)
     # The final image stores only what changed since p2; the rest is inherited.
     assert procs_desc[0]["pages_inherited"] > procs_desc[0]["pages_stored"]
+
+    # Flattened (as migrate does before an upload): the same pages, one image.
+    flat = tmp_path / "flat"
+    flatten_own_chain(final, flat)
+    chain, single = ChainReader(final), ImageReader(flat)
+    assert not single.inventory().parent
+    for proc in chain.processes():
+        with chain.page_reader(proc) as a, single.page_reader(single.process(proc.pid)) as b:
+            b.verify()
+            for vaddr, data in a.iter_blocks():
+                assert b.read_range(vaddr, len(data) // PAGE_SIZE) == data, hex(vaddr)
 
     before = read_counter(log)
     pid = restore_detached(final, tmp_path / "pid")

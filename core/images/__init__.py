@@ -5,6 +5,7 @@ from .pagestore import (
     FORMAT_VERSION,
     PAGE_SIZE,
     ImageError,
+    PageStoreAppender,
     PageStoreReader,
     PageStoreWriter,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "ImageError",
     "ImageReader",
     "ImageWriter",
+    "PageStoreAppender",
     "PageStoreReader",
     "PageStoreWriter",
     "describe_image",

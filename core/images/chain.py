@@ -87,6 +87,9 @@ class ChainPageReader:
         for r in self._readers:
             r.verify()
 
+    def layer_reader(self, layer: int) -> PageStoreReader:
+        return self._readers[layer]
+
     def iter_blocks(self) -> Iterator[tuple[int, bytes]]:
         for s, e, layer in self.segments:
             yield s, self._readers[layer].read_range(s, (e - s) // PAGE_SIZE)
@@ -174,26 +177,54 @@ def open_image(directory: Path) -> ImageReader:
     return reader
 
 
-def merge_chain(src: Path, dst: Path, compress: bool = True) -> None:
-    """Write the chain ending at `src` as one stand-alone image at `dst`."""
-    from .pagestore import PageStoreWriter
+def flatten_own_chain(src: Path, dst: Path, compress: bool = True) -> None:
+    """Write the chain ending at `src` as one stand-alone image at `dst`,
+    cheaply: each process's pages file is the oldest image's, hard-linked,
+    with what the newer images add appended to it (their whole blocks copied
+    as stored, split ones re-encoded). The old blocks stay where they are,
+    so no gigabyte is copied. This appends to the oldest image's pages
+    files: only for a chain that is one's own to change (`migrate`'s)."""
+    import os
+
+    from .pagestore import PageStoreAppender
 
     chain = ChainReader(src)
     inv = pb.Inventory()
     inv.CopyFrom(chain.inventory())
     inv.parent = ""
-    inv.compression = "lz4" if compress else "none"
     with ImageWriter(dst) as writer:
         for pid in inv.pids:
             proc = chain.process(pid)
+            layers: list[pb.ProcessImage] = []
+            for reader in chain.chain:
+                try:
+                    layers.append(reader.process_raw(pid))
+                except ImageError:
+                    break
+            target = writer.pages_path(pid)
+            base = len(layers) - 1
+            if layers and layers[base].pages:
+                os.link(chain.chain[base].directory / layers[base].pages_file, target)
+            by_start = [{b.vaddr: b for b in layer.pages} for layer in layers]
+            blocks: list[pb.PageBlock] = []
             with chain.page_reader(proc) as pages, \
-                    PageStoreWriter(writer.pages_path(pid), compress) as store:
-                for vaddr, data in pages.iter_blocks():
-                    store.add(vaddr, data)
+                    PageStoreAppender(target, compress) as out:
+                assert isinstance(pages, ChainPageReader)
+                for s, e, layer in pages.segments:
+                    b = by_start[layer].get(s)
+                    whole = b is not None and b.vaddr + b.nr_pages * PAGE_SIZE == e
+                    if whole and layer == base:
+                        assert b is not None
+                        blocks.append(b)          # already in the file, where it is
+                    elif whole:
+                        assert b is not None
+                        out.add_stored(b, pages.layer_reader(layer).read_stored(b))
+                    else:
+                        out.add(s, pages.read_range(s, (e - s) // PAGE_SIZE))
+            blocks.extend(out.blocks)
             del proc.pages[:]
-            proc.pages.extend(store.blocks)
-            proc.pages_bytes = store.bytes_raw
-            proc.pages_file = writer.pages_path(pid).name
+            proc.pages.extend(sorted(blocks, key=lambda b: b.vaddr))
+            proc.pages_file = target.name
             writer.write_process(proc)
         writer.write_inventory(inv)
         writer.commit()

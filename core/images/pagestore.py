@@ -177,6 +177,39 @@ class PageStoreWriter:
             self._file.close()
 
 
+class PageStoreAppender(PageStoreWriter):
+    """Adds blocks at the end of an existing pages file, whose blocks stay
+    where they are; stored blocks of other files can be appended as they are."""
+
+    def __init__(self, path: Path, compress: bool, block_pages: int = 64) -> None:
+        self.path = Path(path)
+        self.compress = compress
+        self.block_pages = block_pages
+        self.blocks = []
+        self.pages_stored = self.bytes_raw = self.zero_pages = 0
+        self._zero_block = bytes(block_pages * PAGE_SIZE)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise ImageError(f"{self.path.name}: cannot open: {e.strerror}") from e
+        self.bytes_written = os.fstat(fd).st_size
+        self._file = open(fd, "ab")
+
+    def add_stored(self, block: pb.PageBlock, payload: bytes) -> None:
+        """Append a block exactly as another pages file stores it."""
+        try:
+            self._file.write(payload)
+        except OSError as e:
+            raise ImageError(f"{self.path.name}: write failed: {e.strerror}") from e
+        nb = pb.PageBlock()
+        nb.CopyFrom(block)
+        nb.offset = self.bytes_written
+        self.blocks.append(nb)
+        self.bytes_written += len(payload)
+        self.bytes_raw += block.nr_pages * PAGE_SIZE
+        self.pages_stored += block.nr_pages
+
+
 class PageStoreReader:
     """Reads and verifies a pages file given its block table."""
 
@@ -211,6 +244,14 @@ class PageStoreReader:
 
     def close(self) -> None:
         self._file.close()
+
+    def read_stored(self, b: pb.PageBlock) -> bytes:
+        """A block's bytes as stored (compressed or not), unchecked: for
+        copying it into another pages file, whose reader checks it."""
+        raw = os.pread(self._fd, b.length, b.offset)
+        if len(raw) != b.length:
+            raise ImageError(f"{self.name} is truncated (block at {b.vaddr:#x})")
+        return raw
 
     def iter_blocks(self) -> Iterator[tuple[int, bytes]]:
         """Yield (vaddr, nr_pages * PAGE_SIZE bytes) per block, in file order."""
