@@ -141,6 +141,11 @@ def test_prev_of_another_process_is_refused(procs: Procs, tmp_path: Path) -> Non
     assert uffd_fds(b.pid) == []
     n = len(read_counter(log_b))
     assert_exact(wait_lines(log_b, n + 3))
+    # Only a pre-dump can be a parent.
+    full = tmp_path / "full"
+    dump(b, full, "--leave-running")
+    line = error_line(lazarus("dump", "-t", str(b.pid), "-D", str(images), "--prev", str(full)))
+    assert "is not a pre-dump" in line
     # A pre-dump alone does not restore, and a chain with its parent gone neither.
     line = error_line(lazarus("restore", "-D", str(pa), "-d"))
     assert "pre-dump" in line
@@ -257,3 +262,22 @@ def test_predump_of_a_tree(procs: Procs, tmp_path: Path) -> None:
     for kid in kids:
         procs.adopt(kid)
     assert_exact(wait_lines(log, len(read_counter(log)) + 5))
+
+
+def test_check_names_the_dirty_tracking_mode() -> None:
+    out = ok(lazarus("check")).stdout
+    line = next(ln for ln in out.splitlines() if "dirty-tracking" in ln)
+    assert line.startswith("ok") and "PAGEMAP_SCAN+uffd-wp-async" in line
+
+
+def test_show_prints_the_chain(procs: Procs, tmp_path: Path) -> None:
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02")
+    wait_lines(log, 3)
+    p1, final = tmp_path / "p1", tmp_path / "final"
+    predump(w.pid, p1)
+    assert "pre-dump (memory only" in ok(lazarus("show", str(p1))).stdout
+    dump(w, final, "--prev", str(p1))
+    text = ok(lazarus("show", str(final))).stdout
+    assert "chain     2 images, newest first:" in text
+    assert f"{p1}  pre-dump" in text and "pages from the parent" in text

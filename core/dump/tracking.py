@@ -58,6 +58,8 @@ def load_prev(ctx: DumpContext) -> None:
         procs = reader.processes()
     except ImageError as exc:
         raise LazarusError(f"--prev {prev}: {exc}") from None
+    if not inv.predump:
+        raise LazarusError(f"--prev {prev} is not a pre-dump (made by `lazarus pre-dump`)")
     if inv.root_pid != ctx.pid:
         raise LazarusError(f"--prev {prev} is an image of PID {inv.root_pid}, not of PID "
                            f"{ctx.pid}")
