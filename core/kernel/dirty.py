@@ -35,7 +35,9 @@ WP_FEATURES = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED
 UFFDIO_REGISTER_MODE_WP = 1 << 1
 UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
 
-PM_SWAPPED = 1 << 62
+# A pte marker (write-protect of a pte never filled, or zapped) reads in
+# /proc/PID/pagemap as swapped, with this swap type in the low frame bits
+# (visible to root only, which lazarus is): it holds no page.
 SWP_TYPE_MASK = 0x1F                # pagemap frame bits of a swap entry: type, then offset
 SWP_PTE_MARKER = 0x1F               # the swap type the kernel gives pte markers
 
@@ -118,13 +120,6 @@ def track(uffd_fd: int, start: int, end: int) -> None:
     fcntl.ioctl(uffd_fd, uffd.UFFDIO_REGISTER, arg)
     wp = UffdioWriteprotect(uffd.UffdioRange(start, end - start), UFFDIO_WRITEPROTECT_MODE_WP)
     fcntl.ioctl(uffd_fd, UFFDIO_WRITEPROTECT, wp)
-
-
-def is_uffd_marker(entry: int) -> bool:
-    """A pagemap entry that is a pte marker (write-protect of a pte never
-    filled or zapped): pagemap shows it as swapped, but no page is there.
-    The frame bits are visible to root only, which lazarus is."""
-    return bool(entry & PM_SWAPPED) and entry & SWP_TYPE_MASK == SWP_PTE_MARKER
 
 
 def open_pagemap(pid: int) -> int:
