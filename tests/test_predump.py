@@ -281,3 +281,22 @@ def test_show_prints_the_chain(procs: Procs, tmp_path: Path) -> None:
     text = ok(lazarus("show", str(final))).stdout
     assert "chain     2 images, newest first:" in text
     assert f"{p1}  pre-dump" in text and "pages from the parent" in text
+
+
+def test_memory_emptied_between_rounds_reads_zero(procs: Procs, tmp_path: Path) -> None:
+    """MADV_DONTNEED after the pre-dump, then only read: the final image must
+    give zeros there, not the pre-dump's older pages."""
+    out = tmp_path / "report"
+    w = procs.python("dontneed", str(out))
+    wait_until(lambda: report_lines(out) == ["ready"], 30, "the workload to fill its memory")
+    p1, final = tmp_path / "p1", tmp_path / "final"
+    predump(w.pid, p1)
+    os.kill(w.pid, signal.SIGUSR1)
+    wait_until(lambda: len(report_lines(out)) == 2, 30, "the workload to empty its memory")
+    assert report_lines(out)[1] == "zapped 0"
+    dump(w, final, "--prev", str(p1))
+    pid = restore_detached(final, tmp_path / "pid")
+    procs.adopt(pid)
+    os.kill(pid, signal.SIGUSR2)
+    wait_until(lambda: len(report_lines(out)) == 3, 30, "the restored workload's check")
+    assert report_lines(out)[2] == "ok"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from core import procfs
 from core.dump.context import DumpContext, ProcDump
 from core.images import PAGE_SIZE, PageStoreWriter, pb, ranges
+from core.kernel import dirty
 from core.kernel.dirty import SWP_PTE_MARKER, SWP_TYPE_MASK
 from core.kernel.memory import ProcMem
 
@@ -103,8 +104,12 @@ def dump_process_memory(ctx: DumpContext, p: ProcDump, shared_seen: set[int]) ->
                 written = p.written.get(vma.start)
                 if written is not None:
                     # Tracked since the parent image: store what was written,
-                    # the rest of what is there is the parent's.
-                    inherited.extend(ranges.subtract(runs, written))
+                    # the rest of what is there is the parent's, except
+                    # pages mapping the zero page (emptied, e.g. by
+                    # MADV_DONTNEED, then only read): zeros, whatever the
+                    # parent holds there.
+                    zero = dirty.zero_page_ranges(pagemap_fd, vma.start, vma.end)
+                    inherited.extend(ranges.subtract(ranges.subtract(runs, written), zero))
                     runs = ranges.intersect(runs, written)
                 for start, end in runs:
                     copy_run(mem, store, view, start, end, ctx.opts.predump)

@@ -28,6 +28,7 @@ PAGE_IS_WRITTEN = 1 << 1
 PAGE_IS_FILE = 1 << 2
 PAGE_IS_PRESENT = 1 << 3
 PAGE_IS_SWAPPED = 1 << 4
+PAGE_IS_PFNZERO = 1 << 5
 
 UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
 UFFD_FEATURE_WP_ASYNC = 1 << 15
@@ -104,6 +105,11 @@ def written_ranges(pagemap_fd: int, start: int, end: int,
     VMA that is not registered."""
     return list(scan(pagemap_fd, start, end, PAGE_IS_WRITTEN, write_protect=rearm,
                      check_wpasync=True))
+
+
+def zero_page_ranges(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """Ranges mapping the shared zero page: read, never written, all zeros."""
+    return list(scan(pagemap_fd, start, end, PAGE_IS_PFNZERO))
 
 
 def enable(uffd_fd: int) -> None:
