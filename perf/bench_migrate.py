@@ -168,16 +168,26 @@ def main() -> int:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
+    def rng(key: str) -> str:
+        vals = [r[key] for r in rounds]
+        return f"({min(vals):.0f}-{max(vals):.0f})" if len(vals) > 1 else ""
+
+    ratios = [r["dump_local"] / r["migrate"] for r in rounds]
     print(f"workload: {args.total} MiB, {args.hot} MiB rewritten continuously; "
-          f"{args.repeat} round(s), medians")
-    print(f"  plain dump -D, frozen                  {med('dump_local'):9.1f} ms")
-    print(f"  plain dump --page-server, frozen       {med('dump_server'):9.1f} ms")
-    print(f"  migrate ({med('rounds'):.0f} pre-dump rounds), final dump "
-          f"{med('final_mb'):.0f} MB, frozen {med('migrate'):9.1f} ms")
-    print(f"  migrate downtime until on the server   {med('migrate_downtime'):9.1f} ms")
-    print(f"  freeze ratio dump -D / migrate          {med('dump_local') / med('migrate'):8.1f}x")
-    print(f"  freeze ratio dump --page-server / migrate "
-          f"{med('dump_server') / med('migrate'):6.1f}x")
+          f"{args.repeat} round(s), medians (range)")
+    print(f"  plain dump -D, frozen                  {med('dump_local'):9.1f} ms "
+          f"{rng('dump_local')}")
+    print(f"  plain dump --page-server, frozen       {med('dump_server'):9.1f} ms "
+          f"{rng('dump_server')}")
+    print(f"  migrate, final dump frozen             {med('migrate'):9.1f} ms "
+          f"{rng('migrate')}  ({med('rounds'):.0f} pre-dump rounds, final dump "
+          f"{med('final_mb'):.0f} MB)")
+    print(f"  migrate downtime until on the server   {med('migrate_downtime'):9.1f} ms "
+          f"{rng('migrate_downtime')}")
+    print(f"  freeze ratio dump -D / migrate            {med('dump_local') / med('migrate'):6.1f}x"
+          + (f" (per round {min(ratios):.1f}-{max(ratios):.1f}x)" if len(ratios) > 1 else ""))
+    server_ratio = med("dump_server") / med("migrate")
+    print(f"  freeze ratio dump --page-server / migrate {server_ratio:6.1f}x")
     print(f"  downtime ratio dump --page-server / migrate "
           f"{med('dump_server') / med('migrate_downtime'):4.1f}x")
     print("  migrated memory checked by the process itself: ok")
