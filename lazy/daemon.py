@@ -48,6 +48,8 @@ class LazyStats:
     pages_pushed: int = 0
     zero_pages: int = 0
     events: int = 0
+    pages_prefetched: int = 0       # the recorded working set, copied before the release
+    prefetch_seconds: float = 0.0
 
     fault_latencies: list[float] = field(default_factory=list)
     process_gone: bool = False      # ended before every page was in
@@ -76,6 +78,8 @@ class LazyStats:
             out.pages_pushed += s.pages_pushed
             out.zero_pages += s.zero_pages
             out.events += s.events
+            out.pages_prefetched += s.pages_prefetched
+            out.prefetch_seconds = max(out.prefetch_seconds, s.prefetch_seconds)
             out.fault_latencies += s.fault_latencies
         out.process_gone = all(s.process_gone for s in many)
         return out
@@ -90,7 +94,8 @@ class LazyStats:
         last = self.time_to_last_page
         return {"faults": self.faults, "pages_faulted": self.pages_faulted,
                 "pages_pushed": self.pages_pushed, "zero_pages": self.zero_pages,
-                "events": self.events, "time_to_last_page": last,
+                "events": self.events, "pages_prefetched": self.pages_prefetched,
+                "prefetch_seconds": self.prefetch_seconds, "time_to_last_page": last,
                 "fault_latency_p50": self.latency(0.5), "fault_latency_p99": self.latency(0.99)}
 
 
@@ -122,6 +127,10 @@ class LazyDaemon:
         # whoever runs the daemons is told through on_fork.
         self.on_fork = on_fork
         self._known_children: set[int] = set()
+        # --record-working-set: (image vaddr, nr_pages) of each fault that
+        # brought pages in, in order, until record_window s after the resume.
+        self.recording: list[tuple[int, int]] | None = None
+        self.record_window = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -305,11 +314,39 @@ class LazyDaemon:
         if region.start + index * PAGE != page or index >= len(region.pending):
             uffd.wake(self.fd, page, PAGE)   # remapped while we fetched: let it fault again
             return
-        self.stats.pages_faulted += await self._fill(region, index, data, 0, count)
+        copied = await self._fill(region, index, data, 0, count)
+        self.stats.pages_faulted += copied
+        if copied and self.recording is not None and self._recording_open():
+            self.recording.append((src, count))
         if region.pending[index]:
             uffd.wake(self.fd, page, PAGE)
         self._record_fault(t0)
         self._check_complete()
+
+    def start_recording(self, window: float) -> None:
+        """Record the faults from now until `window` s after the resume."""
+        self.recording = []
+        self.record_window = window
+
+    def _recording_open(self) -> bool:
+        resumed = self.stats.resumed_at
+        return resumed is None or time.monotonic() - resumed < self.record_window
+
+    async def prefetch(self, runs: list[tuple[int, int]]) -> int:
+        """Copy the image's pages of `runs` (image vaddr, nr_pages; sorted,
+        merged) in one batch before the process runs: all are requested at
+        once (a remote source pipelines them on one connection), each run
+        goes in with one UFFDIO_COPY. Returns pages copied."""
+        t0 = time.monotonic()
+        source = self.push_source
+        datas = await asyncio.gather(*(source.get_pages(v, n) for v, n in runs))
+        copied = 0
+        for (vaddr, _), data in zip(runs, datas, strict=True):
+            copied += await self._fill_image_block(vaddr, data)
+        self.stats.pages_prefetched += copied
+        self.stats.prefetch_seconds += time.monotonic() - t0
+        self._check_complete()
+        return copied
 
     def _record_fault(self, t0: float) -> None:
         self.stats.fault_latencies.append(time.perf_counter() - t0)
@@ -346,9 +383,14 @@ class LazyDaemon:
         self._check_complete()
 
     async def _push_block(self, vaddr: int, data: bytes) -> None:
-        """A block in image addresses: copy the parts of it still owed, wherever they live now."""
+        self.stats.pages_pushed += await self._fill_image_block(vaddr, data)
+
+    async def _fill_image_block(self, vaddr: int, data: bytes) -> int:
+        """A block in image addresses: copy the parts of it still owed, wherever
+        they live now. Returns pages copied."""
         npages = len(data) // PAGE
         end = vaddr + npages * PAGE
+        copied = 0
         for region in self.regions:
             src_end = region.src + len(region.pending) * PAGE
             lo, hi = max(vaddr, region.src), min(end, src_end)
@@ -356,5 +398,5 @@ class LazyDaemon:
                 continue
             index = (lo - region.src) // PAGE
             first = (lo - vaddr) // PAGE
-            self.stats.pages_pushed += await self._fill(region, index, data, first,
-                                                        (hi - lo) // PAGE)
+            copied += await self._fill(region, index, data, first, (hi - lo) // PAGE)
+        return copied

@@ -20,6 +20,7 @@ from typing import Self, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from . import lazarus_pb2 as pb
+from . import workingset
 from .pagestore import FORMAT_VERSION, PAGE_SIZE, ImageError, PageStoreReader
 
 INVENTORY = "inventory.img"
@@ -310,6 +311,7 @@ def describe_image(directory: Path) -> dict[str, object]:
         "root_pid": inv.root_pid,
         "pids": list(inv.pids),
         "leave_running": inv.leave_running,
+        "working_set": workingset.describe(directory),
         "processes": [_describe_process(reader.process(pid), inv.page_size) for pid in inv.pids],
     }
 
@@ -342,6 +344,15 @@ def format_description(desc: Mapping[str, object]) -> str:
         f"pages     {_get(desc, 'compression', str) or 'none'} compression",
         f"root pid  {_get(desc, 'root_pid', int)}",
     ]
+    ws = desc.get("working_set")
+    if isinstance(ws, Mapping):
+        if "error" in ws:
+            lines.append(f"working set  unusable: {ws['error']}")
+        else:
+            lines.append(
+                f"working set  {_get(ws, 'pages', int)} pages of {_get(ws, 'processes', int)}"
+                f" process(es) recorded"
+                + ("" if ws.get("matches_image") else " (for another image: ignored)"))
     for p in _get(desc, "processes", list):
         if not isinstance(p, Mapping):
             raise TypeError("image description: a process is not a mapping")

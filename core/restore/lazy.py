@@ -3,11 +3,13 @@ anonymous memory to the lazy daemon through a userfaultfd made in the target."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import logging
 import os
 
 from core.errors import LazarusError
-from core.images import pb
+from core.images import PAGE_SIZE, pb, workingset
 from core.kernel import constants as K
 from core.kernel import uffd
 from core.kernel.libc import syscall
@@ -16,6 +18,12 @@ from core.restore.context import ProcRestore, RestoreContext
 from core.restore.memory import is_lazy, set_final_protections, write_pages
 from lazy.daemon import LazyDaemon
 from lazy.regions import RegionMap
+
+log = logging.getLogger("lazarus.lazy")
+
+# Pages per prefetch request: the page server's largest GetPages, and one
+# big UFFDIO_COPY.
+PREFETCH_RUN_PAGES = 1024
 
 UFFD_FEATURES = uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE | \
     uffd.UFFD_FEATURE_EVENT_UNMAP | uffd.UFFD_FEATURE_EVENT_FORK
@@ -76,11 +84,30 @@ async def lazy_process_memory(ctx: ProcRestore) -> int:
     daemon = ctx.daemon = LazyDaemon(fd, ctx.pid, regions, ctx.source, ctx.push_source,
                                      ctx.opts.fault_around, ctx.opts.push_delay,
                                      ctx.opts.lazy_timeout)
+    if ctx.opts.record_working_set:
+        daemon.start_recording(ctx.opts.record_window)
     daemon.start()   # serving before REGISTER: the kernel may touch these pages itself
     for region in regions:
         uffd.register_missing(fd, region.start, region.end - region.start)
     await ctx.tracer.call(set_final_protections, ctx)
     return total
+
+
+async def prefetch_working_sets(ctx: RestoreContext) -> int:
+    """Push each process's recorded working set before any process runs:
+    big sorted runs, all requested at once, one UFFDIO_COPY each."""
+    jobs = []
+    for p in ctx.live:
+        if p.daemon is None or not p.working_set:
+            continue
+        _, lazy = split_blocks(p.proc)
+        stored = sorted((b.vaddr, b.nr_pages) for blocks in lazy.values() for b in blocks)
+        runs = workingset.coalesce(p.working_set, stored, PREFETCH_RUN_PAGES)
+        jobs.append(p.daemon.prefetch(runs))
+    copied = sum(await asyncio.gather(*jobs))
+    if jobs:
+        log.info("prefetched %d pages of the recorded working set", copied)
+    return copied * PAGE_SIZE
 
 
 async def undo_lazy_memory(ctx: RestoreContext) -> None:

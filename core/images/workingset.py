@@ -1,0 +1,175 @@
+"""workingset.img: the pages each process faulted on during a recorded lazy
+restore, kept beside the image so later lazy restores can push them before
+the process runs (a warm start with few faults).
+
+The file names addresses only, never page contents: pages always come from
+the image itself, so a bad file can at worst make a restore fetch the wrong
+pages early, never serve wrong pages. Still, a file that does not parse, was
+recorded for another image (inventory digest) or names memory the image's
+process does not have is refused with a warning and the restore goes on
+without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from . import lazarus_pb2 as pb
+from .pagestore import PAGE_SIZE
+
+WORKINGSET = "workingset.img"
+WORKINGSET_VERSION = 1
+# Ranges kept per process: the file must stay small (it travels in one page
+# server control message of at most 1 MiB).
+MAX_RANGES = 20000
+
+Ranges = list[tuple[int, int]]     # (image vaddr, nr_pages)
+
+
+class WorkingSetError(Exception):
+    """A working-set file that cannot be used for this image."""
+
+
+def inventory_digest(inventory_bytes: bytes) -> bytes:
+    """Which image a working set belongs to: the digest of its inventory.img
+    (it holds the dump time, pids and options, so every dump differs)."""
+    return hashlib.sha256(inventory_bytes).digest()
+
+
+def encode(digest: bytes, recorded: dict[int, Ranges], window: float) -> bytes:
+    ws = pb.WorkingSet(format_version=WORKINGSET_VERSION, inventory_sha256=digest,
+                       recorded_unix_ns=time.time_ns(), window_seconds=window)
+    for pid, ranges in sorted(recorded.items()):
+        p = ws.processes.add(pid=pid)
+        for vaddr, n in ranges[:MAX_RANGES]:
+            p.ranges.add(vaddr=vaddr, nr_pages=n)
+    return ws.SerializeToString()
+
+
+def write_local(directory: Path, data: bytes) -> None:
+    """Write (or replace) DIR/workingset.img atomically, 0600."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{WORKINGSET}.tmp-", dir=directory)
+    try:
+        with open(fd, "wb") as f:     # mkstemp makes it 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, directory / WORKINGSET)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def parse(data: bytes) -> pb.WorkingSet:
+    try:
+        ws = pb.WorkingSet.FromString(data)
+    except DecodeError:
+        raise WorkingSetError(f"{WORKINGSET} is corrupt (does not parse)") from None
+    if ws.format_version != WORKINGSET_VERSION or len(ws.inventory_sha256) != 32:
+        raise WorkingSetError(f"{WORKINGSET} is corrupt or of an unknown format "
+                              f"(version {ws.format_version})")
+    return ws
+
+
+def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int, Ranges]:
+    """The per-process ranges of a working-set file, checked against the image
+    it is meant for; raises WorkingSetError saying why it cannot be used."""
+    ws = parse(data)
+    if ws.inventory_sha256 != digest:
+        raise WorkingSetError(f"{WORKINGSET} was recorded for another image")
+    by_pid = {p.pid: p for p in procs}
+    out: dict[int, Ranges] = {}
+    for pws in ws.processes:
+        proc = by_pid.get(pws.pid)
+        if proc is None:
+            raise WorkingSetError(f"{WORKINGSET} names process {pws.pid}, "
+                                  "which is not in the image")
+        vmas = sorted((v.start, v.end) for v in proc.vmas)
+        ranges: Ranges = []
+        for r in pws.ranges:
+            end = r.vaddr + r.nr_pages * PAGE_SIZE
+            if r.vaddr % PAGE_SIZE or not r.nr_pages or \
+                    not any(s <= r.vaddr and end <= e for s, e in vmas):
+                raise WorkingSetError(f"{WORKINGSET}: pages {r.vaddr:#x}+{r.nr_pages} are "
+                                      f"not memory of process {pws.pid} in the image")
+            ranges.append((r.vaddr, r.nr_pages))
+        out[pws.pid] = ranges
+    return out
+
+
+def coalesce(ranges: Ranges, stored: Ranges, max_run: int) -> Ranges:
+    """The recorded ranges as few, large runs (sorted, merged), clipped to the
+    pages the image stores (`stored`, sorted (vaddr, nr_pages)) and cut at
+    `max_run` pages: what to fetch and copy in one batch."""
+    merged: list[list[int]] = []
+    for vaddr, n in sorted(ranges):
+        end = vaddr + n * PAGE_SIZE
+        if merged and vaddr <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([vaddr, end])
+    out: Ranges = []
+    i = 0
+    for lo, hi in merged:
+        while i < len(stored) and stored[i][0] + stored[i][1] * PAGE_SIZE <= lo:
+            i += 1
+        j = i
+        while j < len(stored) and stored[j][0] < hi:
+            s = max(lo, stored[j][0])
+            e = min(hi, stored[j][0] + stored[j][1] * PAGE_SIZE)
+            if out and out[-1][0] + out[-1][1] * PAGE_SIZE == s:
+                s = out.pop()[0]    # continues the previous run: one run
+            while s < e:
+                n = min(max_run, (e - s) // PAGE_SIZE)
+                out.append((s, n))
+                s += n * PAGE_SIZE
+            j += 1
+    return out
+
+
+def unique_pages(ranges: Ranges) -> int:
+    """Pages named at least once (fault-around ranges overlap)."""
+    total, reach = 0, 0
+    for vaddr, n in sorted(ranges):
+        end = vaddr + n * PAGE_SIZE
+        if end > reach:
+            total += (end - max(vaddr, reach)) // PAGE_SIZE
+            reach = end
+    return total
+
+
+def describe(directory: Path) -> dict[str, object] | None:
+    """For `lazarus show`: the recorded working set in DIR, if any."""
+    path = Path(directory) / WORKINGSET
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return {"error": f"cannot read {WORKINGSET}: {e.strerror}"}
+    try:
+        ws = parse(data)
+    except WorkingSetError as e:
+        return {"error": str(e)}
+    try:
+        digest = inventory_digest((Path(directory) / "inventory.img").read_bytes())
+    except OSError:
+        digest = b""
+    return {
+        "processes": len(ws.processes),
+        "pages": sum(unique_pages([(r.vaddr, r.nr_pages) for r in p.ranges])
+                     for p in ws.processes),
+        "ranges": sum(len(p.ranges) for p in ws.processes),
+        "recorded_unix_ns": ws.recorded_unix_ns,
+        "window_seconds": ws.window_seconds,
+        "matches_image": ws.inventory_sha256 == digest,
+    }
