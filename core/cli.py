@@ -228,16 +228,22 @@ async def save_working_set(opts: RestoreOptions, digest: bytes,
     from core.images import workingset
     from pageserver.client import PageServerError
 
-    data = workingset.encode(digest, recorded, opts.record_window)
     pages = sum(workingset.unique_pages(r) for r in recorded.values())
     if opts.server is None:
+        from core.restore.lazy import embed_pages
+
         try:
+            data = workingset.encode(digest, embed_pages(opts.images_dir, recorded),
+                                     opts.record_window)
             workingset.write_local(opts.images_dir, data)
         except OSError as exc:
             raise LazarusError(f"cannot save the working set in {opts.images_dir}: "
                                f"{exc.strerror}") from None
         where = str(opts.images_dir / workingset.WORKINGSET)
     else:
+        # Ranges only: the pages stay on the server (a control message is small).
+        data = workingset.encode(digest, {pid: workingset.ProcessPlan(r)
+                                          for pid, r in recorded.items()}, opts.record_window)
         assert opts.image_name is not None
         try:
             client = await opts.server.connect()
@@ -422,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--record-working-set", action="store_true",
                    help="with --lazy: record the pages the process faults on and keep them "
                         "beside the image (workingset.img) for later warm restores")
-    r.add_argument("--record-seconds", type=float, default=30.0, metavar="SECONDS",
-                   help="record faults for at most this long after the release, or until "
-                        "every page is in (default 30)")
+    r.add_argument("--record-seconds", type=float, default=5.0, metavar="SECONDS",
+                   help="with --record-working-set: record faults for this long after the "
+                        "release; the background push waits until then (default 5)")
     r.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                    help="with --lazy: push the recorded working set, if the image has one, "
                         "before the process runs (default on)")

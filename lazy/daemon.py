@@ -308,7 +308,11 @@ class LazyDaemon:
                 self.stats.zero_pages += 1
             self._record_fault(t0)
             return
-        count = min(self.fault_around, len(region.pending) - index)
+        # While recording, one page per fault: pages brought around a fault
+        # would be used without faulting, and the recording would miss them.
+        recording = self.recording is not None and self._recording_open()
+        around = 1 if recording else self.fault_around
+        count = min(around, len(region.pending) - index)
         src = region.src + index * PAGE
         data = await self.fault_source.get_pages(src, count)
         if region.start + index * PAGE != page or index >= len(region.pending):
@@ -316,7 +320,7 @@ class LazyDaemon:
             return
         copied = await self._fill(region, index, data, 0, count)
         self.stats.pages_faulted += copied
-        if copied and self.recording is not None and self._recording_open():
+        if copied and recording and self.recording is not None:
             self.recording.append((src, count))
         if region.pending[index]:
             uffd.wake(self.fd, page, PAGE)
@@ -332,14 +336,12 @@ class LazyDaemon:
         resumed = self.stats.resumed_at
         return resumed is None or time.monotonic() - resumed < self.record_window
 
-    async def prefetch(self, runs: list[tuple[int, int]]) -> int:
+    async def prefetch(self, runs: list[tuple[int, int]], datas: list[bytes],
+                       t0: float) -> int:
         """Copy the image's pages of `runs` (image vaddr, nr_pages; sorted,
-        merged) in one batch before the process runs: all are requested at
-        once (a remote source pipelines them on one connection), each run
-        goes in with one UFFDIO_COPY. Returns pages copied."""
-        t0 = time.monotonic()
-        source = self.push_source
-        datas = await asyncio.gather(*(source.get_pages(v, n) for v, n in runs))
+        merged), fetched as `datas`, before the process runs: one UFFDIO_COPY
+        per run. t0: when the prefetch began to hold the restore up.
+        Returns pages copied."""
         copied = 0
         for (vaddr, _), data in zip(runs, datas, strict=True):
             copied += await self._fill_image_block(vaddr, data)

@@ -2,20 +2,24 @@
 restore, kept beside the image so later lazy restores can push them before
 the process runs (a warm start with few faults).
 
-The file names addresses only, never page contents: pages always come from
-the image itself, so a bad file can at worst make a restore fetch the wrong
-pages early, never serve wrong pages. Still, a file that does not parse, was
-recorded for another image (inventory digest) or names memory the image's
-process does not have is refused with a warning and the restore goes on
-without it.
+The file names the recorded page ranges and, for a local image, holds a
+copy of those pages uncompressed (read in one go, where the image would
+decompress every block they touch). A file that does not parse, was
+recorded for another image (inventory digest), names memory the image's
+process does not have, or whose pages fail their checksum is refused with a
+warning and the restore goes on without it: it never serves wrong pages.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import tempfile
 import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -28,6 +32,9 @@ WORKINGSET_VERSION = 1
 # Ranges kept per process: the file must stay small (it travels in one page
 # server control message of at most 1 MiB).
 MAX_RANGES = 20000
+# Pages copied into the file per process (256 MiB); a bigger working set is
+# kept as ranges only.
+MAX_EMBEDDED_PAGES = 65536
 
 Ranges = list[tuple[int, int]]     # (image vaddr, nr_pages)
 
@@ -42,13 +49,28 @@ def inventory_digest(inventory_bytes: bytes) -> bytes:
     return hashlib.sha256(inventory_bytes).digest()
 
 
-def encode(digest: bytes, recorded: dict[int, Ranges], window: float) -> bytes:
+@dataclass
+class ProcessPlan:
+    """What to prefetch for one process: the recorded ranges, and the copy
+    of their pages when the file holds one (`runs` in order in `pages`)."""
+
+    ranges: Ranges
+    runs: Ranges = field(default_factory=list)
+    pages: bytes = b""
+
+
+def encode(digest: bytes, recorded: dict[int, ProcessPlan], window: float) -> bytes:
     ws = pb.WorkingSet(format_version=WORKINGSET_VERSION, inventory_sha256=digest,
                        recorded_unix_ns=time.time_ns(), window_seconds=window)
-    for pid, ranges in sorted(recorded.items()):
+    for pid, plan in sorted(recorded.items()):
         p = ws.processes.add(pid=pid)
-        for vaddr, n in ranges[:MAX_RANGES]:
+        for vaddr, n in plan.ranges[:MAX_RANGES]:
             p.ranges.add(vaddr=vaddr, nr_pages=n)
+        if plan.pages:
+            for vaddr, n in plan.runs:
+                p.runs.add(vaddr=vaddr, nr_pages=n)
+            p.pages = plan.pages
+            p.pages_crc32 = zlib.crc32(plan.pages)
     return ws.SerializeToString()
 
 
@@ -80,40 +102,52 @@ def parse(data: bytes) -> pb.WorkingSet:
     return ws
 
 
-def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int, Ranges]:
-    """The per-process ranges of a working-set file, checked against the image
+def _checked(ranges: Iterable[pb.WorkingSetRange], proc: pb.ProcessImage) -> Ranges:
+    """The ranges, each inside one VMA of the process, page-aligned."""
+    vmas = sorted((v.start, v.end) for v in proc.vmas)
+    starts = [s for s, _ in vmas]
+    out: Ranges = []
+    for r in ranges:
+        end = r.vaddr + r.nr_pages * PAGE_SIZE
+        i = bisect.bisect_right(starts, r.vaddr) - 1
+        if r.vaddr % PAGE_SIZE or not r.nr_pages or i < 0 or end > vmas[i][1]:
+            raise WorkingSetError(f"{WORKINGSET}: pages {r.vaddr:#x}+{r.nr_pages} are "
+                                  f"not memory of process {proc.pid} in the image")
+        out.append((r.vaddr, r.nr_pages))
+    return out
+
+
+def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int, ProcessPlan]:
+    """The per-process plans of a working-set file, checked against the image
     it is meant for; raises WorkingSetError saying why it cannot be used."""
     ws = parse(data)
     if ws.inventory_sha256 != digest:
         raise WorkingSetError(f"{WORKINGSET} was recorded for another image")
     by_pid = {p.pid: p for p in procs}
-    out: dict[int, Ranges] = {}
+    out: dict[int, ProcessPlan] = {}
     for pws in ws.processes:
         proc = by_pid.get(pws.pid)
         if proc is None:
             raise WorkingSetError(f"{WORKINGSET} names process {pws.pid}, "
                                   "which is not in the image")
-        vmas = sorted((v.start, v.end) for v in proc.vmas)
-        ranges: Ranges = []
-        for r in pws.ranges:
-            end = r.vaddr + r.nr_pages * PAGE_SIZE
-            if r.vaddr % PAGE_SIZE or not r.nr_pages or \
-                    not any(s <= r.vaddr and end <= e for s, e in vmas):
-                raise WorkingSetError(f"{WORKINGSET}: pages {r.vaddr:#x}+{r.nr_pages} are "
-                                      f"not memory of process {pws.pid} in the image")
-            ranges.append((r.vaddr, r.nr_pages))
-        out[pws.pid] = ranges
+        plan = ProcessPlan(_checked(pws.ranges, proc), _checked(pws.runs, proc), pws.pages)
+        if sum(n for _, n in plan.runs) * PAGE_SIZE != len(plan.pages) or \
+                zlib.crc32(plan.pages) != pws.pages_crc32:
+            raise WorkingSetError(f"{WORKINGSET}: the pages of process {pws.pid} are "
+                                  "corrupt (size or checksum)")
+        out[pws.pid] = plan
     return out
 
 
-def coalesce(ranges: Ranges, stored: Ranges, max_run: int) -> Ranges:
-    """The recorded ranges as few, large runs (sorted, merged), clipped to the
-    pages the image stores (`stored`, sorted (vaddr, nr_pages)) and cut at
-    `max_run` pages: what to fetch and copy in one batch."""
+def coalesce(ranges: Ranges, stored: Ranges, max_run: int, gap: int = 0) -> Ranges:
+    """The recorded ranges as few, large runs (sorted, merged, holes of up to
+    `gap` pages filled in), clipped to the pages the image stores (`stored`,
+    sorted (vaddr, nr_pages)) and cut at `max_run` pages: what to fetch and
+    copy in one batch."""
     merged: list[list[int]] = []
     for vaddr, n in sorted(ranges):
         end = vaddr + n * PAGE_SIZE
-        if merged and vaddr <= merged[-1][1]:
+        if merged and vaddr <= merged[-1][1] + gap * PAGE_SIZE:
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([vaddr, end])
@@ -169,6 +203,7 @@ def describe(directory: Path) -> dict[str, object] | None:
         "pages": sum(unique_pages([(r.vaddr, r.nr_pages) for r in p.ranges])
                      for p in ws.processes),
         "ranges": sum(len(p.ranges) for p in ws.processes),
+        "pages_copied": sum(len(p.pages) for p in ws.processes) // PAGE_SIZE,
         "recorded_unix_ns": ws.recorded_unix_ns,
         "window_seconds": ws.window_seconds,
         "matches_image": ws.inventory_sha256 == digest,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.images import ImageReader, pb
+from core.images.workingset import ProcessPlan
 from core.kernel.inject import Injector
 from core.kernel.memory import ProcMem
 from core.kernel.tracer import Tracer
@@ -32,7 +33,7 @@ class RestoreOptions:
     pidns: bool = False               # restore into a new PID namespace with an init of ours
     prefetch: bool = True             # lazy: push a recorded working set before the release
     record_working_set: bool = False  # lazy: record the faults into workingset.img
-    record_window: float = 30.0       # ... for at most this long after the release
+    record_window: float = 5.0        # ... for this long after the release (push held back)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class ProcRestore:
     source: PageSource | None = None       # lazy restore: where pages come from
     push_source: PageSource | None = None  # lazy restore: a second channel for the bulk push
     daemon: LazyDaemon | None = None
-    working_set: list[tuple[int, int]] = field(default_factory=list)  # recorded, to prefetch
+    working_set: ProcessPlan | None = None     # lazy restore: recorded, to prefetch
 
     @property
     def opts(self) -> RestoreOptions:

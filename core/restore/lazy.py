@@ -7,9 +7,11 @@ import asyncio
 import bisect
 import logging
 import os
+import time
+from pathlib import Path
 
 from core.errors import LazarusError
-from core.images import PAGE_SIZE, pb, workingset
+from core.images import PAGE_SIZE, ImageReader, pb, workingset
 from core.kernel import constants as K
 from core.kernel import uffd
 from core.kernel.libc import syscall
@@ -24,6 +26,9 @@ log = logging.getLogger("lazarus.lazy")
 # Pages per prefetch request: the page server's largest GetPages, and one
 # big UFFDIO_COPY.
 PREFETCH_RUN_PAGES = 1024
+# Recorded pages this close together are fetched and copied as one run (the
+# pages between are the image's too): fewer requests and ioctls.
+PREFETCH_GAP = 16
 
 UFFD_FEATURES = uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE | \
     uffd.UFFD_FEATURE_EVENT_UNMAP | uffd.UFFD_FEATURE_EVENT_FORK
@@ -85,7 +90,10 @@ async def lazy_process_memory(ctx: ProcRestore) -> int:
                                      ctx.opts.fault_around, ctx.opts.push_delay,
                                      ctx.opts.lazy_timeout)
     if ctx.opts.record_working_set:
+        # The push waits for the end of the recording: pages it brought would
+        # never fault, and the recording would miss them.
         daemon.start_recording(ctx.opts.record_window)
+        daemon.push_delay = max(daemon.push_delay, ctx.opts.record_window)
     daemon.start()   # serving before REGISTER: the kernel may touch these pages itself
     for region in regions:
         uffd.register_missing(fd, region.start, region.end - region.start)
@@ -93,20 +101,73 @@ async def lazy_process_memory(ctx: ProcRestore) -> int:
     return total
 
 
-async def prefetch_working_sets(ctx: RestoreContext) -> int:
-    """Push each process's recorded working set before any process runs:
-    big sorted runs, all requested at once, one UFFDIO_COPY each."""
-    jobs = []
-    for p in ctx.live:
-        if p.daemon is None or not p.working_set:
+def lazy_stored(proc: pb.ProcessImage) -> list[tuple[int, int]]:
+    """(vaddr, nr_pages) of the stored pages of lazy VMAs, sorted."""
+    _, lazy = split_blocks(proc)
+    return sorted((b.vaddr, b.nr_pages) for blocks in lazy.values() for b in blocks)
+
+
+def embed_pages(images_dir: Path, recorded: dict[int, list[tuple[int, int]]]
+                ) -> dict[int, workingset.ProcessPlan]:
+    """Plans for a local image's working set: the recorded ranges with a copy
+    of their pages (read once now, so warm restores need not decompress)."""
+    reader = ImageReader(images_dir)
+    plans: dict[int, workingset.ProcessPlan] = {}
+    for pid, ranges in recorded.items():
+        proc = reader.process(pid)
+        runs = workingset.coalesce(ranges, lazy_stored(proc), PREFETCH_RUN_PAGES)
+        if sum(n for _, n in runs) > workingset.MAX_EMBEDDED_PAGES:
+            plans[pid] = workingset.ProcessPlan(ranges)   # too big to copy: ranges only
             continue
-        _, lazy = split_blocks(p.proc)
-        stored = sorted((b.vaddr, b.nr_pages) for blocks in lazy.values() for b in blocks)
-        runs = workingset.coalesce(p.working_set, stored, PREFETCH_RUN_PAGES)
-        jobs.append(p.daemon.prefetch(runs))
-    copied = sum(await asyncio.gather(*jobs))
-    if jobs:
-        log.info("prefetched %d pages of the recorded working set", copied)
+        pages = reader.page_reader(proc)
+        try:
+            data = b"".join(pages.read_range(v, n) for v, n in runs)
+        finally:
+            pages.close()
+        plans[pid] = workingset.ProcessPlan(ranges, runs, data)
+    return plans
+
+
+def fetch_plan(p: ProcRestore) -> tuple[list[tuple[int, int]], list[bytes] | None]:
+    """Runs to prefetch, and their pages when the working-set file holds them."""
+    plan = p.working_set
+    assert plan is not None
+    if plan.pages:
+        view = memoryview(plan.pages)
+        datas: list[bytes] = []
+        off = 0
+        for _, n in plan.runs:
+            datas.append(bytes(view[off : off + n * PAGE_SIZE]))
+            off += n * PAGE_SIZE
+        return plan.runs, datas
+    runs = workingset.coalesce(plan.ranges, lazy_stored(p.proc), PREFETCH_RUN_PAGES,
+                               PREFETCH_GAP)
+    return runs, None
+
+
+async def fetch_runs(p: ProcRestore, runs: list[tuple[int, int]]) -> list[bytes]:
+    """The pages of `runs` from the process's page source, all asked at once
+    (a remote source pipelines them on one connection)."""
+    source = p.push_source or p.source
+    assert source is not None
+    return list(await asyncio.gather(*(source.get_pages(v, n) for v, n in runs)))
+
+
+async def prefetch_working_sets(ctx: RestoreContext) -> int:
+    """Copy each process's recorded working set in before any process runs:
+    big sorted runs, one UFFDIO_COPY each."""
+    t0 = time.monotonic()
+    copied = 0
+    for p in ctx.live:
+        if p.working_set is None or p.daemon is None:
+            continue
+        runs, datas = fetch_plan(p)
+        if datas is None:
+            datas = await fetch_runs(p, runs)
+        copied += await p.daemon.prefetch(runs, datas, t0)
+    if copied:
+        log.info("prefetched %d pages of the recorded working set in %.1f ms", copied,
+                 (time.monotonic() - t0) * 1000)
     return copied * PAGE_SIZE
 
 

@@ -80,7 +80,7 @@ def load_working_set(ctx: RestoreContext, data: bytes | None) -> None:
         ctx.warnings.append(f"{exc}: ignored, restoring without prefetch")
         return
     for p in ctx.live:
-        p.working_set = recorded.get(p.proc.pid, [])
+        p.working_set = recorded.get(p.proc.pid)
 
 
 def read_local_working_set(images_dir: Path) -> bytes | None:
