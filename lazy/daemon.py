@@ -336,15 +336,21 @@ class LazyDaemon:
         resumed = self.stats.resumed_at
         return resumed is None or time.monotonic() - resumed < self.record_window
 
-    async def prefetch(self, runs: list[tuple[int, int]], datas: list[bytes],
-                       t0: float) -> int:
-        """Copy the image's pages of `runs` (image vaddr, nr_pages; sorted,
-        merged), fetched as `datas`, before the process runs: one UFFDIO_COPY
-        per run. t0: when the prefetch began to hold the restore up.
+    async def prefetch(self, runs: list[tuple[int, int, bytes, int]], t0: float) -> int:
+        """Copy image pages before the process runs: each run is (image vaddr,
+        nr_pages, buffer, index of its first page in the buffer), one
+        UFFDIO_COPY each. t0: when the prefetch began to hold the restore up.
         Returns pages copied."""
         copied = 0
-        for (vaddr, _), data in zip(runs, datas, strict=True):
-            copied += await self._fill_image_block(vaddr, data)
+        for vaddr, n, data, first in runs:
+            region = self.regions.find(vaddr)
+            if region is not None and region.src == region.start and \
+                    vaddr + n * PAGE <= region.end:
+                # Nothing has moved yet (the process has not run): straight in.
+                copied += await self._fill(region, region.page_index(vaddr), data, first, n)
+            else:
+                copied += await self._fill_image_block(
+                    vaddr, data[first * PAGE : (first + n) * PAGE])
         self.stats.pages_prefetched += copied
         self.stats.prefetch_seconds += time.monotonic() - t0
         self._check_complete()

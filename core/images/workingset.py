@@ -130,9 +130,10 @@ def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int,
         if proc is None:
             raise WorkingSetError(f"{WORKINGSET} names process {pws.pid}, "
                                   "which is not in the image")
-        plan = ProcessPlan(_checked(pws.ranges, proc), _checked(pws.runs, proc), pws.pages)
-        if sum(n for _, n in plan.runs) * PAGE_SIZE != len(plan.pages) or \
-                zlib.crc32(plan.pages) != pws.pages_crc32:
+        pages = pws.pages     # a copy each time it is read: once
+        plan = ProcessPlan(_checked(pws.ranges, proc), _checked(pws.runs, proc), pages)
+        if sum(n for _, n in plan.runs) * PAGE_SIZE != len(pages) or \
+                zlib.crc32(pages) != pws.pages_crc32:
             raise WorkingSetError(f"{WORKINGSET}: the pages of process {pws.pid} are "
                                   "corrupt (size or checksum)")
         out[pws.pid] = plan

@@ -29,6 +29,9 @@ PREFETCH_RUN_PAGES = 1024
 # Recorded pages this close together are fetched and copied as one run (the
 # pages between are the image's too): fewer requests and ioctls.
 PREFETCH_GAP = 16
+# In the copy kept in workingset.img, smaller holes are filled: the file stays
+# small, and the runs (one ioctl each) fewer.
+EMBED_GAP = 4
 
 UFFD_FEATURES = uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE | \
     uffd.UFFD_FEATURE_EVENT_UNMAP | uffd.UFFD_FEATURE_EVENT_FORK
@@ -115,7 +118,8 @@ def embed_pages(images_dir: Path, recorded: dict[int, list[tuple[int, int]]]
     plans: dict[int, workingset.ProcessPlan] = {}
     for pid, ranges in recorded.items():
         proc = reader.process(pid)
-        runs = workingset.coalesce(ranges, lazy_stored(proc), PREFETCH_RUN_PAGES)
+        runs = workingset.coalesce(ranges, lazy_stored(proc), PREFETCH_RUN_PAGES,
+                                   EMBED_GAP)
         if sum(n for _, n in runs) > workingset.MAX_EMBEDDED_PAGES:
             plans[pid] = workingset.ProcessPlan(ranges)   # too big to copy: ranges only
             continue
@@ -128,29 +132,25 @@ def embed_pages(images_dir: Path, recorded: dict[int, list[tuple[int, int]]]
     return plans
 
 
-def fetch_plan(p: ProcRestore) -> tuple[list[tuple[int, int]], list[bytes] | None]:
-    """Runs to prefetch, and their pages when the working-set file holds them."""
+async def fetch_plan(p: ProcRestore) -> list[tuple[int, int, bytes, int]]:
+    """The runs to prefetch with their pages: from the working-set file when
+    it holds them, else from the page source, all asked at once (a remote
+    source pipelines the requests on one connection)."""
     plan = p.working_set
     assert plan is not None
     if plan.pages:
-        view = memoryview(plan.pages)
-        datas: list[bytes] = []
-        off = 0
-        for _, n in plan.runs:
-            datas.append(bytes(view[off : off + n * PAGE_SIZE]))
-            off += n * PAGE_SIZE
-        return plan.runs, datas
+        out: list[tuple[int, int, bytes, int]] = []
+        first = 0
+        for vaddr, n in plan.runs:
+            out.append((vaddr, n, plan.pages, first))
+            first += n
+        return out
     runs = workingset.coalesce(plan.ranges, lazy_stored(p.proc), PREFETCH_RUN_PAGES,
                                PREFETCH_GAP)
-    return runs, None
-
-
-async def fetch_runs(p: ProcRestore, runs: list[tuple[int, int]]) -> list[bytes]:
-    """The pages of `runs` from the process's page source, all asked at once
-    (a remote source pipelines them on one connection)."""
     source = p.push_source or p.source
     assert source is not None
-    return list(await asyncio.gather(*(source.get_pages(v, n) for v, n in runs)))
+    datas = await asyncio.gather(*(source.get_pages(v, n) for v, n in runs))
+    return [(v, n, data, 0) for (v, n), data in zip(runs, datas, strict=True)]
 
 
 async def prefetch_working_sets(ctx: RestoreContext) -> int:
@@ -159,12 +159,8 @@ async def prefetch_working_sets(ctx: RestoreContext) -> int:
     t0 = time.monotonic()
     copied = 0
     for p in ctx.live:
-        if p.working_set is None or p.daemon is None:
-            continue
-        runs, datas = fetch_plan(p)
-        if datas is None:
-            datas = await fetch_runs(p, runs)
-        copied += await p.daemon.prefetch(runs, datas, t0)
+        if p.working_set is not None and p.daemon is not None:
+            copied += await p.daemon.prefetch(await fetch_plan(p), t0)
     if copied:
         log.info("prefetched %d pages of the recorded working set in %.1f ms", copied,
                  (time.monotonic() - t0) * 1000)
