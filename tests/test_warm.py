@@ -5,6 +5,7 @@ fewer faults. A corrupt or foreign working set is ignored with a warning."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pageserver import wire_pb2 as wire
+from pageserver.client import RemoteError
 from tests.conftest import (
     LAZARUS,
     Procs,
@@ -230,5 +233,24 @@ def test_working_set_on_the_page_server(procs: Procs, tmp_path: Path) -> None:
         warm = restore_round(procs, tmp_path, source, [[], []], "rwarm", keys, want)
         assert all(prefetched(s) > 0 for s in warm), warm
         assert max(faults(s) for s in warm) < faults(cold[1]), (cold, warm)
+        # The server keeps only a working set that parses and is this image's.
+        good = ws.read_bytes()
+        asyncio.run(refused_puts(server, good))
+        assert ws.read_bytes() == good
     finally:
         server.kill()
+
+
+async def refused_puts(server: ServerProc, good: bytes) -> None:
+    client = await server.connect()
+    try:
+        for data, why in ((b"\xffgarbage" * 8, "corrupt"),
+                          (good.replace(good[4:12], bytes(8), 1), "not recorded for image")):
+            with pytest.raises(RemoteError) as info:
+                await client.put_working_set("warm", data)
+            assert info.value.code == wire.Error.BAD_REQUEST and why in str(info.value)
+        with pytest.raises(RemoteError) as info:
+            await client.put_working_set("nosuch", good)
+        assert info.value.code == wire.Error.NOT_FOUND
+    finally:
+        await client.close()
