@@ -29,9 +29,6 @@ PREFETCH_RUN_PAGES = 1024
 # Recorded pages this close together are fetched and copied as one run (the
 # pages between are the image's too): fewer requests and ioctls.
 PREFETCH_GAP = 16
-# In the copy kept in workingset.img, smaller holes are filled: the file stays
-# small, and the runs (one ioctl each) fewer.
-EMBED_GAP = 4
 
 UFFD_FEATURES = uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE | \
     uffd.UFFD_FEATURE_EVENT_UNMAP | uffd.UFFD_FEATURE_EVENT_FORK
@@ -118,8 +115,9 @@ def embed_pages(images_dir: Path, recorded: dict[int, list[tuple[int, int]]]
     plans: dict[int, workingset.ProcessPlan] = {}
     for pid, ranges in recorded.items():
         proc = reader.process(pid)
-        runs = workingset.coalesce(ranges, lazy_stored(proc), PREFETCH_RUN_PAGES,
-                                   EMBED_GAP)
+        # No holes filled here: a bigger file costs more to read than the
+        # extra runs (one ioctl each) cost to copy.
+        runs = workingset.coalesce(ranges, lazy_stored(proc), PREFETCH_RUN_PAGES)
         if sum(n for _, n in runs) > workingset.MAX_EMBEDDED_PAGES:
             plans[pid] = workingset.ProcessPlan(ranges)   # too big to copy: ranges only
             continue
