@@ -528,7 +528,7 @@ class Catalog:
         """Store (or replace) an image's workingset.img, atomically, 0600.
         Images are otherwise never changed: this file only names addresses."""
         try:
-            ws = workingset.parse(data)
+            ws, _ = workingset.parse(data)
         except workingset.WorkingSetError as e:
             raise CatalogError(wire.Error.BAD_REQUEST, str(e)) from None
         dfd = self._open_dir(image)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from core.images import workingset
 from pageserver import wire_pb2 as wire
 from pageserver.client import RemoteError
 from tests.conftest import (
@@ -204,6 +205,13 @@ def test_corrupt_or_foreign_working_set_is_ignored(procs: Procs, tmp_path: Path)
     assert prefetched(err) == 0
     shown = show_json(second)["working_set"]
     assert isinstance(shown, dict) and shown["matches_image"] is False
+    # A page of the copy changed: its checksum says so.
+    data = bytearray((first / "workingset.img").read_bytes())
+    data[-1] ^= 0xFF
+    (first / "workingset.img").write_bytes(bytes(data))
+    (err,) = restore_round(procs, tmp_path, source, [[]], "flipped", keys, want)
+    assert "pages of process" in err and "are corrupt" in err and "ignored" in err, err
+    assert prefetched(err) == 0
     # Garbage.
     (first / "workingset.img").write_bytes(b"\xff\x00garbage" * 10)
     (err,) = restore_round(procs, tmp_path, source, [[]], "garbage", keys, want)
@@ -244,8 +252,11 @@ def test_working_set_on_the_page_server(procs: Procs, tmp_path: Path) -> None:
 async def refused_puts(server: ServerProc, good: bytes) -> None:
     client = await server.connect()
     try:
-        for data, why in ((b"\xffgarbage" * 8, "corrupt"),
-                          (good.replace(good[4:12], bytes(8), 1), "not recorded for image")):
+        ws, _ = workingset.parse(good)
+        ws.inventory_sha256 = bytes(32)      # another image's
+        body = ws.SerializeToString()
+        foreign = b"LZWS" + len(body).to_bytes(4, "little") + body
+        for data, why in ((b"\xffgarbage" * 8, "corrupt"), (foreign, "not recorded for image")):
             with pytest.raises(RemoteError) as info:
                 await client.put_working_set("warm", data)
             assert info.value.code == wire.Error.BAD_REQUEST and why in str(info.value)

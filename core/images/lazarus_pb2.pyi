@@ -356,18 +356,18 @@ class WorkingSetRange(_message.Message):
     def __init__(self, vaddr: _Optional[int] = ..., nr_pages: _Optional[int] = ...) -> None: ...
 
 class ProcessWorkingSet(_message.Message):
-    __slots__ = ("pid", "ranges", "runs", "pages", "pages_crc32")
+    __slots__ = ("pid", "ranges", "runs", "pages_offset", "pages_crc32")
     PID_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
-    PAGES_FIELD_NUMBER: _ClassVar[int]
+    PAGES_OFFSET_FIELD_NUMBER: _ClassVar[int]
     PAGES_CRC32_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ranges: _containers.RepeatedCompositeFieldContainer[WorkingSetRange]
     runs: _containers.RepeatedCompositeFieldContainer[WorkingSetRange]
-    pages: bytes
+    pages_offset: int
     pages_crc32: int
-    def __init__(self, pid: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[WorkingSetRange, _Mapping]]] = ..., runs: _Optional[_Iterable[_Union[WorkingSetRange, _Mapping]]] = ..., pages: _Optional[bytes] = ..., pages_crc32: _Optional[int] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[WorkingSetRange, _Mapping]]] = ..., runs: _Optional[_Iterable[_Union[WorkingSetRange, _Mapping]]] = ..., pages_offset: _Optional[int] = ..., pages_crc32: _Optional[int] = ...) -> None: ...
 
 class WorkingSet(_message.Message):
     __slots__ = ("format_version", "inventory_sha256", "recorded_unix_ns", "window_seconds", "processes")

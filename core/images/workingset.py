@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import struct
 import tempfile
 import time
 import zlib
@@ -35,6 +36,8 @@ MAX_RANGES = 20000
 # Pages copied into the file per process (256 MiB); a bigger working set is
 # kept as ranges only.
 MAX_EMBEDDED_PAGES = 65536
+_MAGIC = b"LZWS"
+_HEADER = struct.Struct("<4sI")
 
 Ranges = list[tuple[int, int]]     # (image vaddr, nr_pages)
 
@@ -52,26 +55,41 @@ def inventory_digest(inventory_bytes: bytes) -> bytes:
 @dataclass
 class ProcessPlan:
     """What to prefetch for one process: the recorded ranges, and the copy
-    of their pages when the file holds one (`runs` in order in `pages`)."""
+    of their pages when the file holds one: `runs` in order in `pages` (the
+    whole file, page-aligned) from its page `first`."""
 
     ranges: Ranges
     runs: Ranges = field(default_factory=list)
     pages: bytes = b""
+    first: int = 0
+
+
+def _page_area(header_size: int) -> int:
+    return -(-header_size // PAGE_SIZE) * PAGE_SIZE
 
 
 def encode(digest: bytes, recorded: dict[int, ProcessPlan], window: float) -> bytes:
+    """The file; a plan's `pages` is its copy alone here (first = 0)."""
     ws = pb.WorkingSet(format_version=WORKINGSET_VERSION, inventory_sha256=digest,
                        recorded_unix_ns=time.time_ns(), window_seconds=window)
+    copies: list[bytes] = []
+    offset = 0
     for pid, plan in sorted(recorded.items()):
         p = ws.processes.add(pid=pid)
         for vaddr, n in plan.ranges[:MAX_RANGES]:
             p.ranges.add(vaddr=vaddr, nr_pages=n)
-        if plan.pages:
+        if plan.runs:
             for vaddr, n in plan.runs:
                 p.runs.add(vaddr=vaddr, nr_pages=n)
-            p.pages = plan.pages
+            p.pages_offset = offset
             p.pages_crc32 = zlib.crc32(plan.pages)
-    return ws.SerializeToString()
+            copies.append(plan.pages)
+            offset += len(plan.pages)
+    body = ws.SerializeToString()
+    head = _HEADER.pack(_MAGIC, len(body)) + body
+    if not copies:
+        return head
+    return b"".join([head, bytes(_page_area(len(head)) - len(head)), *copies])
 
 
 def write_local(directory: Path, data: bytes) -> None:
@@ -91,15 +109,21 @@ def write_local(directory: Path, data: bytes) -> None:
         raise
 
 
-def parse(data: bytes) -> pb.WorkingSet:
+def parse(data: bytes) -> tuple[pb.WorkingSet, int]:
+    """The file's WorkingSet, and where its page area starts."""
+    if len(data) < _HEADER.size:
+        raise WorkingSetError(f"{WORKINGSET} is corrupt (truncated)")
+    magic, size = _HEADER.unpack_from(data)
+    if magic != _MAGIC or _HEADER.size + size > len(data):
+        raise WorkingSetError(f"{WORKINGSET} is corrupt (not a working set, or truncated)")
     try:
-        ws = pb.WorkingSet.FromString(data)
+        ws = pb.WorkingSet.FromString(data[_HEADER.size : _HEADER.size + size])
     except DecodeError:
         raise WorkingSetError(f"{WORKINGSET} is corrupt (does not parse)") from None
     if ws.format_version != WORKINGSET_VERSION or len(ws.inventory_sha256) != 32:
         raise WorkingSetError(f"{WORKINGSET} is corrupt or of an unknown format "
                               f"(version {ws.format_version})")
-    return ws
+    return ws, _page_area(_HEADER.size + size)
 
 
 def _checked(ranges: Iterable[pb.WorkingSetRange], proc: pb.ProcessImage) -> Ranges:
@@ -120,7 +144,7 @@ def _checked(ranges: Iterable[pb.WorkingSetRange], proc: pb.ProcessImage) -> Ran
 def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int, ProcessPlan]:
     """The per-process plans of a working-set file, checked against the image
     it is meant for; raises WorkingSetError saying why it cannot be used."""
-    ws = parse(data)
+    ws, area = parse(data)
     if ws.inventory_sha256 != digest:
         raise WorkingSetError(f"{WORKINGSET} was recorded for another image")
     by_pid = {p.pid: p for p in procs}
@@ -130,12 +154,16 @@ def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int,
         if proc is None:
             raise WorkingSetError(f"{WORKINGSET} names process {pws.pid}, "
                                   "which is not in the image")
-        pages = pws.pages     # a copy each time it is read: once
-        plan = ProcessPlan(_checked(pws.ranges, proc), _checked(pws.runs, proc), pages)
-        if sum(n for _, n in plan.runs) * PAGE_SIZE != len(pages) or \
-                zlib.crc32(pages) != pws.pages_crc32:
-            raise WorkingSetError(f"{WORKINGSET}: the pages of process {pws.pid} are "
-                                  "corrupt (size or checksum)")
+        runs = _checked(pws.runs, proc)
+        plan = ProcessPlan(_checked(pws.ranges, proc), runs)
+        if runs:
+            lo = area + pws.pages_offset
+            hi = lo + sum(n for _, n in runs) * PAGE_SIZE
+            if pws.pages_offset % PAGE_SIZE or hi > len(data) or \
+                    zlib.crc32(memoryview(data)[lo:hi]) != pws.pages_crc32:
+                raise WorkingSetError(f"{WORKINGSET}: the pages of process {pws.pid} are "
+                                      "corrupt (size or checksum)")
+            plan.pages, plan.first = data, lo // PAGE_SIZE
         out[pws.pid] = plan
     return out
 
@@ -192,7 +220,7 @@ def describe(directory: Path) -> dict[str, object] | None:
     except OSError as e:
         return {"error": f"cannot read {WORKINGSET}: {e.strerror}"}
     try:
-        ws = parse(data)
+        ws, _ = parse(data)
     except WorkingSetError as e:
         return {"error": str(e)}
     try:
@@ -204,7 +232,7 @@ def describe(directory: Path) -> dict[str, object] | None:
         "pages": sum(unique_pages([(r.vaddr, r.nr_pages) for r in p.ranges])
                      for p in ws.processes),
         "ranges": sum(len(p.ranges) for p in ws.processes),
-        "pages_copied": sum(len(p.pages) for p in ws.processes) // PAGE_SIZE,
+        "pages_copied": sum(r.nr_pages for p in ws.processes for r in p.runs),
         "recorded_unix_ns": ws.recorded_unix_ns,
         "window_seconds": ws.window_seconds,
         "matches_image": ws.inventory_sha256 == digest,

@@ -136,9 +136,9 @@ async def fetch_plan(p: ProcRestore) -> list[tuple[int, int, bytes, int]]:
     source pipelines the requests on one connection)."""
     plan = p.working_set
     assert plan is not None
-    if plan.pages:
+    if plan.runs:
         out: list[tuple[int, int, bytes, int]] = []
-        first = 0
+        first = plan.first
         for vaddr, n in plan.runs:
             out.append((vaddr, n, plan.pages, first))
             first += n
