@@ -224,7 +224,8 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
 async def save_working_set(opts: RestoreOptions, digest: bytes,
                            recorded: dict[int, list[tuple[int, int]]]) -> None:
     """Keep the recorded faults beside the image: in the image directory, or
-    on the page server the image came from."""
+    on the page server the image came from. A failure is a warning: the
+    process runs on, only the recording is lost."""
     from core.images import workingset
     from pageserver.client import PageServerError
 
@@ -236,9 +237,11 @@ async def save_working_set(opts: RestoreOptions, digest: bytes,
             data = workingset.encode(digest, embed_pages(opts.images_dir, recorded),
                                      opts.record_window)
             workingset.write_local(opts.images_dir, data)
-        except OSError as exc:
-            raise LazarusError(f"cannot save the working set in {opts.images_dir}: "
-                               f"{exc.strerror}") from None
+        except (OSError, ImageError) as exc:
+            # The process runs on: only the recording is lost.
+            log.warning("cannot save the working set in %s: %s", opts.images_dir,
+                        getattr(exc, "strerror", None) or exc)
+            return
         where = str(opts.images_dir / workingset.WORKINGSET)
     else:
         # Ranges only: the pages stay on the server (a control message is small).
@@ -251,9 +254,9 @@ async def save_working_set(opts: RestoreOptions, digest: bytes,
                 await client.put_working_set(opts.image_name, data)
             finally:
                 await client.close()
-        except PageServerError as exc:
-            raise LazarusError(f"cannot save the working set on the page server: {exc}") \
-                from None
+        except (PageServerError, OSError) as exc:
+            log.warning("cannot save the working set on the page server: %s", exc)
+            return
         where = f"image {opts.image_name} on the page server"
     log.info("recorded working set: %d pages of %d process(es), saved as %s",
              pages, len(recorded), where)
