@@ -342,12 +342,25 @@ class LazyDaemon:
         UFFDIO_COPY each. t0: when the prefetch began to hold the restore up.
         Returns pages copied."""
         copied = 0
+        bases: dict[int, int] = {}
         for vaddr, n, data, first in runs:
             region = self.regions.find(vaddr)
             if region is not None and region.src == region.start and \
                     vaddr + n * PAGE <= region.end:
-                # Nothing has moved yet (the process has not run): straight in.
-                copied += await self._fill(region, region.page_index(vaddr), data, first, n)
+                # Nothing has moved yet (the process has not run): straight in,
+                # one ioctl when the whole run is still owed (the usual case).
+                index = region.page_index(vaddr)
+                if region.pending.count(1, index, index + n) == n:
+                    base = bases.get(id(data)) or bases.setdefault(id(data), _addr(data))
+                    res = uffd.copy(self.fd, vaddr, base + first * PAGE, n * PAGE)
+                    if res == n * PAGE:
+                        self.regions.mark_done(region, index, n)
+                        copied += n
+                        continue
+                    if res > 0:
+                        self.regions.mark_done(region, index, res // PAGE)
+                        copied += res // PAGE
+                copied += await self._fill(region, index, data, first, n)
             else:
                 copied += await self._fill_image_block(
                     vaddr, data[first * PAGE : (first + n) * PAGE])
