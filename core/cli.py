@@ -203,6 +203,8 @@ def format_lazy_stats(resume_seconds: float, lazy: LazyStats, fetched: int, wire
         f"  faults            {lazy.faults} ({lazy.pages_faulted} pages, "
         f"{lazy.zero_pages} zero pages), latency p50 {ms(lazy.latency(0.5))}, "
         f"p99 {ms(lazy.latency(0.99))}",
+        f"  pages prefetched  {lazy.pages_prefetched} (working set, "
+        f"{ms(lazy.prefetch_seconds)} before the release)",
         f"  pages pushed      {lazy.pages_pushed}",
         f"  layout events     {lazy.events}",
         f"  pages fetched     {fetched / 1e6:.1f} MB, {wire / 1e6:.1f} MB over the wire",
@@ -227,6 +229,7 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
         print(stats.format(), file=sys.stderr)
     detacher.report(f"ok {root.pid}\n", args.log_file)
     daemons = [p.daemon for p in ctx.live if p.daemon is not None]
+    recorders = {p.proc.pid: p.daemon for p in ctx.live if p.daemon is not None}
     if daemons:
         sources = [s for p in ctx.live for s in (p.source, p.push_source) if s is not None]
         try:
@@ -242,7 +245,51 @@ async def restore_and_serve(opts: RestoreOptions, args: argparse.Namespace,
                                     sum(s.wire_bytes for s in sources)), file=sys.stderr)
         if errors:
             raise errors[0]
+        if opts.record_working_set:
+            await save_working_set(opts, ctx.inventory_sha256,
+                                   {pid: d.recording or [] for pid, d in recorders.items()})
     return root.pid, ctx.init_report
+
+
+async def save_working_set(opts: RestoreOptions, digest: bytes,
+                           recorded: dict[int, list[tuple[int, int]]]) -> None:
+    """Keep the recorded faults beside the image: in the image directory, or
+    on the page server the image came from. A failure is a warning: the
+    process runs on, only the recording is lost."""
+    from core.images import workingset
+    from pageserver.client import PageServerError
+
+    pages = sum(workingset.unique_pages(r) for r in recorded.values())
+    if opts.server is None:
+        from core.restore.lazy import embed_pages
+
+        try:
+            data = workingset.encode(digest, embed_pages(opts.images_dir, recorded),
+                                     opts.record_window)
+            workingset.write_local(opts.images_dir, data)
+        except (OSError, ImageError) as exc:
+            # The process runs on: only the recording is lost.
+            log.warning("cannot save the working set in %s: %s", opts.images_dir,
+                        getattr(exc, "strerror", None) or exc)
+            return
+        where = str(opts.images_dir / workingset.WORKINGSET)
+    else:
+        # Ranges only: the pages stay on the server (a control message is small).
+        data = workingset.encode(digest, {pid: workingset.ProcessPlan(r)
+                                          for pid, r in recorded.items()}, opts.record_window)
+        assert opts.image_name is not None
+        try:
+            client = await opts.server.connect()
+            try:
+                await client.put_working_set(opts.image_name, data)
+            finally:
+                await client.close()
+        except (PageServerError, OSError) as exc:
+            log.warning("cannot save the working set on the page server: %s", exc)
+            return
+        where = f"image {opts.image_name} on the page server"
+    log.info("recorded working set: %d pages of %d process(es), saved as %s",
+             pages, len(recorded), where)
 
 
 async def serve_all(daemons: list[LazyDaemon]) -> list[LazyStats | BaseException]:
@@ -291,13 +338,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
                            "the image first for an eager restore)")
     if not args.page_server and not args.images_dir:
         raise LazarusError("restore needs -D DIR, or --lazy --page-server HOST:PORT --image NAME")
+    if args.record_working_set and not args.lazy:
+        raise LazarusError("--record-working-set records the faults of a lazy restore: "
+                           "add --lazy")
+    if args.record_seconds <= 0:
+        raise LazarusError("--record-seconds must be positive")
     opts = RestoreOptions(images_dir=Path(args.images_dir or "."), detach=args.detach,
                           pidfile=Path(args.pidfile) if args.pidfile else None,
                           inherit_fds=parse_inherit(args.inherit_fd),
                           write_method=args.write_method, lazy=args.lazy,
                           fault_around=args.fault_around, lazy_timeout=args.lazy_timeout,
                           push_delay=args.push_delay, server=server_of(args),
-                          image_name=args.image, pidns=args.pidns)
+                          image_name=args.image, pidns=args.pidns, prefetch=args.prefetch,
+                          record_working_set=args.record_working_set,
+                          record_window=args.record_seconds)
     detacher = Detacher()
     if args.lazy and args.detach:
         status = detacher.fork()
@@ -440,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lazy-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long a lost page server may stay lost before the restored "
                         "process is killed (default 30)")
+    r.add_argument("--record-working-set", action="store_true",
+                   help="with --lazy: record the pages the process faults on and keep them "
+                        "beside the image (workingset.img) for later warm restores")
+    r.add_argument("--record-seconds", type=float, default=5.0, metavar="SECONDS",
+                   help="with --record-working-set: record faults for this long after the "
+                        "release; the background push waits until then (default 5)")
+    r.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --lazy: push the recorded working set, if the image has one, "
+                        "before the process runs (default on)")
     r.add_argument("--log-file", metavar="FILE",
                    help="with --lazy -d: where the page daemon writes its messages and "
                         "--stats once detached (default: nowhere)")

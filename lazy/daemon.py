@@ -48,6 +48,8 @@ class LazyStats:
     pages_pushed: int = 0
     zero_pages: int = 0
     events: int = 0
+    pages_prefetched: int = 0       # the recorded working set, copied before the release
+    prefetch_seconds: float = 0.0
 
     fault_latencies: list[float] = field(default_factory=list)
     process_gone: bool = False      # ended before every page was in
@@ -76,6 +78,8 @@ class LazyStats:
             out.pages_pushed += s.pages_pushed
             out.zero_pages += s.zero_pages
             out.events += s.events
+            out.pages_prefetched += s.pages_prefetched
+            out.prefetch_seconds = max(out.prefetch_seconds, s.prefetch_seconds)
             out.fault_latencies += s.fault_latencies
         out.process_gone = all(s.process_gone for s in many)
         return out
@@ -90,7 +94,8 @@ class LazyStats:
         last = self.time_to_last_page
         return {"faults": self.faults, "pages_faulted": self.pages_faulted,
                 "pages_pushed": self.pages_pushed, "zero_pages": self.zero_pages,
-                "events": self.events, "time_to_last_page": last,
+                "events": self.events, "pages_prefetched": self.pages_prefetched,
+                "prefetch_seconds": self.prefetch_seconds, "time_to_last_page": last,
                 "fault_latency_p50": self.latency(0.5), "fault_latency_p99": self.latency(0.99)}
 
 
@@ -122,6 +127,10 @@ class LazyDaemon:
         # whoever runs the daemons is told through on_fork.
         self.on_fork = on_fork
         self._known_children: set[int] = set()
+        # --record-working-set: (image vaddr, nr_pages) of each fault that
+        # brought pages in, in order, until record_window s after the resume.
+        self.recording: list[tuple[int, int]] | None = None
+        self.record_window = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -299,17 +308,66 @@ class LazyDaemon:
                 self.stats.zero_pages += 1
             self._record_fault(t0)
             return
-        count = min(self.fault_around, len(region.pending) - index)
+        # While recording, one page per fault: pages brought around a fault
+        # would be used without faulting, and the recording would miss them.
+        recording = self.recording is not None and self._recording_open()
+        around = 1 if recording else self.fault_around
+        count = min(around, len(region.pending) - index)
         src = region.src + index * PAGE
         data = await self.fault_source.get_pages(src, count)
         if region.start + index * PAGE != page or index >= len(region.pending):
             uffd.wake(self.fd, page, PAGE)   # remapped while we fetched: let it fault again
             return
-        self.stats.pages_faulted += await self._fill(region, index, data, 0, count)
+        copied = await self._fill(region, index, data, 0, count)
+        self.stats.pages_faulted += copied
+        if copied and recording and self.recording is not None:
+            self.recording.append((src, count))
         if region.pending[index]:
             uffd.wake(self.fd, page, PAGE)
         self._record_fault(t0)
         self._check_complete()
+
+    def start_recording(self, window: float) -> None:
+        """Record the faults from now until `window` s after the resume."""
+        self.recording = []
+        self.record_window = window
+
+    def _recording_open(self) -> bool:
+        resumed = self.stats.resumed_at
+        return resumed is None or time.monotonic() - resumed < self.record_window
+
+    async def prefetch(self, runs: list[tuple[int, int, bytes, int]], t0: float) -> int:
+        """Copy image pages before the process runs: each run is (image vaddr,
+        nr_pages, buffer, index of its first page in the buffer), one
+        UFFDIO_COPY each. t0: when the prefetch began to hold the restore up.
+        Returns pages copied."""
+        copied = 0
+        bases: dict[int, int] = {}
+        for vaddr, n, data, first in runs:
+            region = self.regions.find(vaddr)
+            if region is not None and region.src == region.start and \
+                    vaddr + n * PAGE <= region.end:
+                # Nothing has moved yet (the process has not run): straight in,
+                # one ioctl when the whole run is still owed (the usual case).
+                index = region.page_index(vaddr)
+                if region.pending.count(1, index, index + n) == n:
+                    base = bases.get(id(data)) or bases.setdefault(id(data), _addr(data))
+                    res = uffd.copy(self.fd, vaddr, base + first * PAGE, n * PAGE)
+                    if res == n * PAGE:
+                        self.regions.mark_done(region, index, n)
+                        copied += n
+                        continue
+                    if res > 0:
+                        self.regions.mark_done(region, index, res // PAGE)
+                        copied += res // PAGE
+                copied += await self._fill(region, index, data, first, n)
+            else:
+                copied += await self._fill_image_block(
+                    vaddr, data[first * PAGE : (first + n) * PAGE])
+        self.stats.pages_prefetched += copied
+        self.stats.prefetch_seconds += time.monotonic() - t0
+        self._check_complete()
+        return copied
 
     def _record_fault(self, t0: float) -> None:
         self.stats.fault_latencies.append(time.perf_counter() - t0)
@@ -346,9 +404,14 @@ class LazyDaemon:
         self._check_complete()
 
     async def _push_block(self, vaddr: int, data: bytes) -> None:
-        """A block in image addresses: copy the parts of it still owed, wherever they live now."""
+        self.stats.pages_pushed += await self._fill_image_block(vaddr, data)
+
+    async def _fill_image_block(self, vaddr: int, data: bytes) -> int:
+        """A block in image addresses: copy the parts of it still owed, wherever
+        they live now. Returns pages copied."""
         npages = len(data) // PAGE
         end = vaddr + npages * PAGE
+        copied = 0
         for region in self.regions:
             src_end = region.src + len(region.pending) * PAGE
             lo, hi = max(vaddr, region.src), min(end, src_end)
@@ -356,5 +419,5 @@ class LazyDaemon:
                 continue
             index = (lo - region.src) // PAGE
             first = (lo - vaddr) // PAGE
-            self.stats.pages_pushed += await self._fill(region, index, data, first,
-                                                        (hi - lo) // PAGE)
+            copied += await self._fill(region, index, data, first, (hi - lo) // PAGE)
+        return copied

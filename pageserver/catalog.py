@@ -14,6 +14,7 @@ the first time the server reads it, and remembered.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 import lz4.block
 from google.protobuf.message import DecodeError
 
-from core.images import pb
+from core.images import pb, workingset
 
 from . import wire_pb2 as wire
 from .protocol import MAX_FRAME_PAGES, PAGE_SIZE
@@ -457,6 +458,7 @@ class Catalog:
         self._root = str(self.root)
         self.uploads: set[str] = set()
         self._entries: OrderedDict[tuple[str, int], ProcessPages] = OrderedDict()
+        self._tmp_ids = itertools.count()
 
     def close(self) -> None:
         for entry in self._entries.values():
@@ -521,6 +523,41 @@ class Catalog:
             os.close(fd)
             raise _not_found(f"image {image}: {name} is not a regular file")
         return fd
+
+    def put_working_set(self, image: str, data: bytes) -> None:
+        """Store (or replace) an image's workingset.img, atomically, 0600.
+        Images are otherwise never changed: this file only names addresses."""
+        try:
+            ws, _ = workingset.parse(data)
+        except workingset.WorkingSetError as e:
+            raise CatalogError(wire.Error.BAD_REQUEST, str(e)) from None
+        dfd = self._open_dir(image)
+        tmp = f".{workingset.WORKINGSET}.tmp-{os.getpid()}-{next(self._tmp_ids)}"
+        try:
+            inventory = self._read_small(dfd, image, INVENTORY)
+            if ws.inventory_sha256 != workingset.inventory_digest(inventory):
+                raise CatalogError(wire.Error.BAD_REQUEST, f"the working set was not "
+                                   f"recorded for image {image}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, workingset.WORKINGSET, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        except OSError as e:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise CatalogError(wire.Error.INTERNAL, f"image {image}: cannot store the "
+                               f"working set: {e.strerror}") from e
+        finally:
+            os.close(dfd)
 
     def process(self, image: str, pid: int) -> ProcessPages:
         """The page index of process ``pid`` of ``image``, loaded once and shared.

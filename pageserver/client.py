@@ -580,6 +580,12 @@ class PageClient:
         resp = await self._simple(wire.Request(list_files=wire.ListFiles(image=image)), "files")
         return [(f.name, f.size) for f in resp.files.files]
 
+    async def put_working_set(self, image: str, data: bytes) -> None:
+        """Store (or replace) the recorded working set (a serialized
+        lazarus.images.WorkingSet) beside an image on the server."""
+        await self._simple(wire.Request(put_working_set=wire.PutWorkingSet(
+            image=image, data=data)), "working_set_stored")
+
     async def get_file(self, image: str, name: str) -> bytes:
         """The raw bytes of one file of an image (inventory.img, process-PID.img, ...)."""
         parts: list[bytes] = []

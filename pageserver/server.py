@@ -336,6 +336,11 @@ class _Session(asyncio.BufferedProtocol):
             s = req.stream_pages
             entry = catalog.process(s.image, s.pid)
             self._spawn(rid, self._stream(rid, entry))
+        elif kind == "put_working_set":
+            w = req.put_working_set
+            catalog.put_working_set(w.image, w.data)
+            self.write(self.conn.send_response(rid, wire.Response(
+                working_set_stored=wire.WorkingSetStored(bytes=len(w.data)))))
         elif kind == "put_image":
             self.failed_uploads.discard(rid)
             self.uploads[rid] = catalog.begin_upload(req.put_image.name)

@@ -93,8 +93,16 @@ class Cancel(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class PutWorkingSet(_message.Message):
+    __slots__ = ("image", "data")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    data: bytes
+    def __init__(self, image: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class Request(_message.Message):
-    __slots__ = ("list_images", "list_files", "get_file", "get_pages", "stream_pages", "put_image", "put_file", "put_commit", "cancel")
+    __slots__ = ("list_images", "list_files", "get_file", "get_pages", "stream_pages", "put_image", "put_file", "put_commit", "cancel", "put_working_set")
     LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     LIST_FILES_FIELD_NUMBER: _ClassVar[int]
     GET_FILE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +112,7 @@ class Request(_message.Message):
     PUT_FILE_FIELD_NUMBER: _ClassVar[int]
     PUT_COMMIT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PUT_WORKING_SET_FIELD_NUMBER: _ClassVar[int]
     list_images: ListImages
     list_files: ListFiles
     get_file: GetFile
@@ -113,7 +122,8 @@ class Request(_message.Message):
     put_file: PutFile
     put_commit: PutCommit
     cancel: Cancel
-    def __init__(self, list_images: _Optional[_Union[ListImages, _Mapping]] = ..., list_files: _Optional[_Union[ListFiles, _Mapping]] = ..., get_file: _Optional[_Union[GetFile, _Mapping]] = ..., get_pages: _Optional[_Union[GetPages, _Mapping]] = ..., stream_pages: _Optional[_Union[StreamPages, _Mapping]] = ..., put_image: _Optional[_Union[PutImage, _Mapping]] = ..., put_file: _Optional[_Union[PutFile, _Mapping]] = ..., put_commit: _Optional[_Union[PutCommit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    put_working_set: PutWorkingSet
+    def __init__(self, list_images: _Optional[_Union[ListImages, _Mapping]] = ..., list_files: _Optional[_Union[ListFiles, _Mapping]] = ..., get_file: _Optional[_Union[GetFile, _Mapping]] = ..., get_pages: _Optional[_Union[GetPages, _Mapping]] = ..., stream_pages: _Optional[_Union[StreamPages, _Mapping]] = ..., put_image: _Optional[_Union[PutImage, _Mapping]] = ..., put_file: _Optional[_Union[PutFile, _Mapping]] = ..., put_commit: _Optional[_Union[PutCommit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., put_working_set: _Optional[_Union[PutWorkingSet, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -183,18 +193,26 @@ class PutDone(_message.Message):
     bytes: int
     def __init__(self, files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
+class WorkingSetStored(_message.Message):
+    __slots__ = ("bytes",)
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    def __init__(self, bytes: _Optional[int] = ...) -> None: ...
+
 class Response(_message.Message):
-    __slots__ = ("error", "images", "files", "stream_end", "put_ready", "put_done")
+    __slots__ = ("error", "images", "files", "stream_end", "put_ready", "put_done", "working_set_stored")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     STREAM_END_FIELD_NUMBER: _ClassVar[int]
     PUT_READY_FIELD_NUMBER: _ClassVar[int]
     PUT_DONE_FIELD_NUMBER: _ClassVar[int]
+    WORKING_SET_STORED_FIELD_NUMBER: _ClassVar[int]
     error: Error
     images: ImageList
     files: FileList
     stream_end: StreamEnd
     put_ready: PutReady
     put_done: PutDone
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., images: _Optional[_Union[ImageList, _Mapping]] = ..., files: _Optional[_Union[FileList, _Mapping]] = ..., stream_end: _Optional[_Union[StreamEnd, _Mapping]] = ..., put_ready: _Optional[_Union[PutReady, _Mapping]] = ..., put_done: _Optional[_Union[PutDone, _Mapping]] = ...) -> None: ...
+    working_set_stored: WorkingSetStored
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., images: _Optional[_Union[ImageList, _Mapping]] = ..., files: _Optional[_Union[FileList, _Mapping]] = ..., stream_end: _Optional[_Union[StreamEnd, _Mapping]] = ..., put_ready: _Optional[_Union[PutReady, _Mapping]] = ..., put_done: _Optional[_Union[PutDone, _Mapping]] = ..., working_set_stored: _Optional[_Union[WorkingSetStored, _Mapping]] = ...) -> None: ...

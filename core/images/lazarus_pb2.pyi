@@ -364,3 +364,39 @@ class ITimer(_message.Message):
     interval_us: int
     value_us: int
     def __init__(self, which: _Optional[int] = ..., interval_us: _Optional[int] = ..., value_us: _Optional[int] = ...) -> None: ...
+
+class WorkingSetRange(_message.Message):
+    __slots__ = ("vaddr", "nr_pages")
+    VADDR_FIELD_NUMBER: _ClassVar[int]
+    NR_PAGES_FIELD_NUMBER: _ClassVar[int]
+    vaddr: int
+    nr_pages: int
+    def __init__(self, vaddr: _Optional[int] = ..., nr_pages: _Optional[int] = ...) -> None: ...
+
+class ProcessWorkingSet(_message.Message):
+    __slots__ = ("pid", "ranges", "runs", "pages_offset", "pages_crc32")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    PAGES_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PAGES_CRC32_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    ranges: _containers.RepeatedCompositeFieldContainer[WorkingSetRange]
+    runs: _containers.RepeatedCompositeFieldContainer[WorkingSetRange]
+    pages_offset: int
+    pages_crc32: int
+    def __init__(self, pid: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[WorkingSetRange, _Mapping]]] = ..., runs: _Optional[_Iterable[_Union[WorkingSetRange, _Mapping]]] = ..., pages_offset: _Optional[int] = ..., pages_crc32: _Optional[int] = ...) -> None: ...
+
+class WorkingSet(_message.Message):
+    __slots__ = ("format_version", "inventory_sha256", "recorded_unix_ns", "window_seconds", "processes")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    inventory_sha256: bytes
+    recorded_unix_ns: int
+    window_seconds: float
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessWorkingSet]
+    def __init__(self, format_version: _Optional[int] = ..., inventory_sha256: _Optional[bytes] = ..., recorded_unix_ns: _Optional[int] = ..., window_seconds: _Optional[float] = ..., processes: _Optional[_Iterable[_Union[ProcessWorkingSet, _Mapping]]] = ...) -> None: ...

@@ -20,6 +20,7 @@ from typing import Protocol, Self, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from . import lazarus_pb2 as pb
+from . import workingset
 from .pagestore import FORMAT_VERSION, PAGE_SIZE, ImageError, PageStoreReader
 
 INVENTORY = "inventory.img"
@@ -363,6 +364,7 @@ def describe_image(directory: Path) -> dict[str, object]:
         "predump": inv.predump,
         "parent": inv.parent,
         "chain": _describe_chain(directory) if inv.parent else [],
+        "working_set": workingset.describe(directory),
         "processes": [_describe_process(reader.process(pid), inv.page_size) for pid in inv.pids],
     }
 
@@ -409,6 +411,15 @@ def format_description(desc: Mapping[str, object]) -> str:
                 kind = "pre-dump" if c.get("predump") else "dump"
                 lines.append(f"  {c.get('directory')}  {kind:<8} {c.get('created')}"
                              f"  {c.get('pages_stored')} pages stored")
+    ws = desc.get("working_set")
+    if isinstance(ws, Mapping):
+        if "error" in ws:
+            lines.append(f"working set  unusable: {ws['error']}")
+        else:
+            lines.append(
+                f"working set  {_get(ws, 'pages', int)} pages of {_get(ws, 'processes', int)}"
+                f" process(es) recorded"
+                + ("" if ws.get("matches_image") else " (for another image: ignored)"))
     for p in _get(desc, "processes", list):
         if not isinstance(p, Mapping):
             raise TypeError("image description: a process is not a mapping")

@@ -6,7 +6,7 @@ from core.kernel.tracer import Tracer
 from core.pipeline import PipelineStats, Stage, run_pipeline
 from core.restore.addrspace import build_address_space
 from core.restore.context import ProcRestore, RestoreContext, RestoreOptions
-from core.restore.lazy import lazy_memory, undo_lazy_memory
+from core.restore.lazy import lazy_memory, prefetch_working_sets, undo_lazy_memory
 from core.restore.memory import write_memory
 from core.restore.prepare import close_sources, create_tree, kill_tree, read_image
 from core.restore.resume import resume
@@ -39,6 +39,7 @@ LAZY_STAGES: list[Stage[RestoreContext]] = [
     Stage("create", create_tree, kill_tree),
     Stage("address-space", build_address_space),
     Stage("lazy-setup", lazy_memory, undo_lazy_memory),
+    Stage("prefetch", prefetch_working_sets),
     Stage("pipes", open_pipes, close_pipe_ends),
     Stage("state", restore_state),
     Stage("threads", restore_threads),

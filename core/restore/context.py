@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.images import ImageReader, pb
+from core.images.workingset import ProcessPlan
 from core.kernel.inject import Injector
 from core.kernel.memory import ProcMem
 from core.kernel.tracer import Tracer
@@ -30,6 +31,9 @@ class RestoreOptions:
     server: ServerAddress | None = None   # metadata and pages come from this page server
     image_name: str | None = None
     pidns: bool = False               # restore into a new PID namespace with an init of ours
+    prefetch: bool = True             # lazy: push a recorded working set before the release
+    record_working_set: bool = False  # lazy: record the faults into workingset.img
+    record_window: float = 5.0        # ... for this long after the release (push held back)
 
 
 @dataclass
@@ -50,6 +54,7 @@ class RestoreContext:
     warnings: list[str] = field(default_factory=list)
     init_pid: int = 0                  # --pidns: the namespace's init, as lazarus sees it
     init_report: int = -1              # --pidns: where the init writes the root's wait status
+    inventory_sha256: bytes = b""      # identifies the image for its working set
 
     @property
     def root(self) -> ProcRestore:
@@ -77,6 +82,7 @@ class ProcRestore:
     source: PageSource | None = None       # lazy restore: where pages come from
     push_source: PageSource | None = None  # lazy restore: a second channel for the bulk push
     daemon: LazyDaemon | None = None
+    working_set: ProcessPlan | None = None     # lazy restore: recorded, to prefetch
 
     @property
     def opts(self) -> RestoreOptions:

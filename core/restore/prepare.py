@@ -14,8 +14,9 @@ from google.protobuf.message import DecodeError
 
 from core import procfs
 from core.errors import LazarusError
-from core.images import pb
+from core.images import pb, workingset
 from core.images.chain import open_image
+from core.images.workingset import inventory_digest
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.inject import SYSCALL_INT3, Injector
@@ -26,7 +27,8 @@ from core.kernel.structs import CloneArgs
 from core.restore.addrspace import find_hole
 from core.restore.context import TRAMPOLINE_SIZE, ProcRestore, RestoreContext
 from lazy.source import LocalPageSource, RemotePageSource
-from pageserver.client import PageClient, PageServerError
+from pageserver import wire_pb2 as wire
+from pageserver.client import PageClient, PageServerError, RemoteError
 
 PID_WAIT = 3.0      # a killed target may be reaped late by its parent or PID 1
 VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
@@ -55,6 +57,7 @@ def read_image_sync(ctx: RestoreContext, images_dir: Path) -> None:
     if ctx.inventory.predump:
         raise LazarusError(f"{images_dir} is a pre-dump (memory only): restore the image "
                            "made by `lazarus dump --prev` on top of it")
+    ctx.inventory_sha256 = inventory_digest((images_dir / "inventory.img").read_bytes())
     reader.check_kernel()
     here = sum(m.end - m.start for m in procfs.read_maps(os.getpid()) if m.path in VDSO_NAMES)
     if ctx.inventory.vdso_size and ctx.inventory.vdso_size != here:
@@ -68,6 +71,38 @@ def read_image_sync(ctx: RestoreContext, images_dir: Path) -> None:
             raise LazarusError(f"process {p.proc.pid} of the image has no parent in it")
     for p in ctx.live:
         check_files(p.proc)
+
+
+def load_working_set(ctx: RestoreContext, data: bytes | None) -> None:
+    """Take a recorded working set for prefetching, if asked for and usable;
+    an unusable one is ignored with a warning (pages still come from the image)."""
+    if data is None or not ctx.opts.prefetch or ctx.opts.record_working_set:
+        return
+    try:
+        recorded = workingset.check(data, ctx.inventory_sha256, [p.proc for p in ctx.live])
+    except workingset.WorkingSetError as exc:
+        ctx.warnings.append(f"{exc}: ignored, restoring without prefetch")
+        return
+    for p in ctx.live:
+        p.working_set = recorded.get(p.proc.pid)
+
+
+def read_local_working_set(images_dir: Path) -> bytes | None:
+    try:
+        return (images_dir / workingset.WORKINGSET).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LazarusError(f"{workingset.WORKINGSET}: cannot read: {exc.strerror}") from None
+
+
+async def fetch_working_set(client: PageClient, image: str) -> bytes | None:
+    try:
+        return await client.get_file(image, workingset.WORKINGSET)
+    except RemoteError as exc:
+        if exc.code == wire.Error.NOT_FOUND:
+            return None
+        raise
 
 
 async def fetch_metadata(client: PageClient, image: str, into: Path) -> None:
@@ -95,6 +130,8 @@ async def read_remote_image(ctx: RestoreContext) -> None:
         with tempfile.TemporaryDirectory(prefix="lazarus-meta-") as tmp:
             await fetch_metadata(client, image, Path(tmp))
             read_image_sync(ctx, Path(tmp))
+            if ctx.opts.prefetch and not ctx.opts.record_working_set:
+                load_working_set(ctx, await fetch_working_set(client, image))
     except PageServerError as exc:
         await client.close()
         raise LazarusError(str(exc)) from None
@@ -119,6 +156,8 @@ async def read_image(ctx: RestoreContext) -> None:
     read_image_sync(ctx, ctx.opts.images_dir)
     if ctx.opts.lazy:
         assert ctx.reader is not None
+        if ctx.opts.prefetch and not ctx.opts.record_working_set:
+            load_working_set(ctx, read_local_working_set(ctx.opts.images_dir))
         for p in ctx.live:
             p.source = LocalPageSource(ctx.reader, p.proc)
     return None
