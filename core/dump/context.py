@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.images import ImageWriter, pb
 from core.kernel import ptrace as pt
 from core.kernel.tracer import Tracer
 from core.remote import ServerAddress
+
+if TYPE_CHECKING:
+    from core.dump.twin import Twin
 
 
 @dataclass
@@ -49,6 +53,7 @@ class DumpContext:
     procs: dict[int, ProcDump] = field(default_factory=dict)   # the tree, parents first
     inventory: pb.Inventory = field(default_factory=pb.Inventory)
     warnings: list[str] = field(default_factory=list)
+    twins: dict[int, Twin] = field(default_factory=dict)   # remote fork: by source PID
 
     @property
     def pid(self) -> int:
