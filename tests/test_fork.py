@@ -158,6 +158,7 @@ def test_fork_runs_on_and_the_copy_goes_on_from_the_fork(
     assert is_alive(w.pid) and tracer_pid(w.pid) == 0
     twins = children(w.pid)
     assert len(twins) == 1 and proc_state(twins[0]) == "t", "one stopped twin"
+    assert os.listdir(f"/proc/{twins[0]}/fd") == [], "the twin holds none of the fds"
     src.wait_numbers(at_fork + 10)
 
     pid = restore_copy(procs, tmp_path, port, "mem", copy_out[0], src.ino)

@@ -43,6 +43,7 @@ TWIN_TIMEOUT = 5.0           # a new twin reports its first stop, a killed one i
 BLOCK_PAGES = 256            # pages per block of the page list: 1 MiB reads and frames
 NOT_INHERITED = {"dc", "wf"}  # VmFlags of MADV_DONTFORK and MADV_WIPEONFORK mappings
 WNOHANG = 1
+CLOSE_ALL = 0xFFFFFFFF       # close_range: up to the highest fd
 
 
 @dataclass
@@ -101,6 +102,11 @@ def make_twin(p: ProcDump) -> int:
     # our int3 and die; after, it must die with us.
     pt.set_options(twin, K.PTRACE_O_EXITKILL)
     with ProcMem(twin, writable=True) as tmem:
+        # It holds a copy of every fd: closed, or a pipe or socket the process
+        # closes would stay open (no EOF for the peer) while the twin lives.
+        # Memory is not touched by this: mappings hold their own references.
+        tinj = Injector(twin, tmem, pt.get_regs(twin), addr, owns_code=True)
+        tinj.syscall(K.SYS_CLOSE_RANGE, 0, CLOSE_ALL, 0)
         tmem.write(addr, original)
     return twin
 
@@ -191,14 +197,18 @@ def kill_twin(ctx: DumpContext, twin: Twin) -> None:
         return
     pid, twin.pid = twin.pid, 0
     try:
+        # If the process is gone, the twin was adopted by a reaper that will reap it.
+        parent = procfs.read_stat(pid).ppid
         os.kill(pid, signal.SIGKILL)
         res = pt.wait(pid, TWIN_TIMEOUT)     # as its tracer we see it die first
-    except (ProcessLookupError, ChildProcessError):
+    except (FileNotFoundError, ProcessLookupError, ChildProcessError):
         return
     if res.stopped:
         log.warning("twin %d of PID %d did not die", pid, twin.source)
         return
     p = ctx.procs[twin.source]
+    if parent != twin.source or not procfs.is_alive(parent):
+        return
     try:
         if p.threads:
             reap_in_parent(p, pid)
