@@ -238,11 +238,48 @@ def test_fork_nobody_takes_gives_up_and_kills_the_twin(procs: Procs, tmp_path: P
 def test_fork_interrupted_kills_the_twin(procs: Procs, tmp_path: Path) -> None:
     w, src = start_forkmem(procs, tmp_path, 8)
     src.wait_numbers(3)
-    fork, _ = start_fork(procs, w.pid, "stopped")
+    fork, port = start_fork(procs, w.pid, "stopped")
     twin = children(w.pid)[0]
+    # Its pages are in no file: it cannot be downloaded, only restored lazily.
+    res = lazarus("pull", "--page-server", f"127.0.0.1:{port}", "--image", "stopped",
+                  "-D", str(tmp_path / "pulled"))
+    assert "is a live fork" in error_line(res) and not (tmp_path / "pulled").exists()
     fork.send_signal(signal.SIGTERM)
     err = fork.communicate(timeout=FORK_TIMEOUT)[1].decode()
     assert fork.returncode == 1 and "interrupted" in err
     assert children(w.pid) == [] and proc_state(twin) is None
     time.sleep(0.1)
     contiguous(src.wait_numbers(len(src.numbers()) + 5), 0)
+
+
+def test_fork_of_an_unsupported_process_fails_cleanly(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "counter.txt"
+    w = procs.python("counter", str(out), "--socket")
+    wait_until(lambda: out.exists() and out.read_text().count("\n") >= 3, 15, "ticks")
+    res = lazarus("fork", "-t", str(w.pid), "--image", "sock", "--listen", "127.0.0.1:0")
+    assert "not supported" in error_line(res)
+    assert res.stdout == "", "never said it serves"
+    assert children(w.pid) == [] and tracer_pid(w.pid) == 0 and is_alive(w.pid)
+    n = out.read_text().count("\n")
+    wait_until(lambda: out.read_text().count("\n") >= n + 5, 15, "ticks after the refusal")
+
+
+def test_fork_outlives_the_original(procs: Procs, tmp_path: Path,
+                                    copy_out: tuple[int, Output]) -> None:
+    """The original exits after the fork: its twin (adopted by a reaper) still
+    serves the copy, and is killed in the end."""
+    w, src = start_forkmem(procs, tmp_path, 16)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, "gone")
+    twin = children(w.pid)[0]
+    at_fork = len(src.numbers())
+    os.kill(w.pid, signal.SIGKILL)
+    w.reap()
+    pid = restore_copy(procs, tmp_path, port, "gone", copy_out[0], src.ino)
+    finish(fork)
+    wait_until(lambda: proc_state(twin) is None, 10, "the twin to be reaped by its new parent")
+    copy = copy_out[1].wait_numbers(5)
+    contiguous(copy)
+    assert 0 < copy[0] <= at_fork + 1
+    n, d = copy_out[1].digest(pid)
+    assert d == expected_digest(n, 16)
