@@ -107,7 +107,8 @@ class Bench:
         res = subprocess.run([LAZARUS, *args], capture_output=True, text=True, timeout=TIMEOUT,
                              stdin=subprocess.DEVNULL)
         if res.returncode != 0:
-            raise SystemExit(f"bench: lazarus {args[0]} failed: {res.stderr.strip()}")
+            raise SystemExit(f"bench: lazarus {args[0]} failed ({res.returncode}): "
+                             f"{res.stderr.strip()}")
         return res
 
     def round(self, pid: int, state: Path, digest: str, n: int) -> Round:
