@@ -290,14 +290,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_fork(args: argparse.Namespace) -> int:
     from core.fork import ForkOptions, ForkResult, fork
-    from pageserver.cli import UsageError, _read_token, _tls
+    from pageserver.cli import UsageError, read_token, tls_context
     from pageserver.client import parse_hostport
     from pageserver.server import format_addr
 
     try:
         listen = [parse_hostport(v) for v in args.listen]
-        token = _read_token(args.token_file) if args.token_file else None
-        tls = _tls(args.tls_cert, args.tls_key)
+        token = read_token(args.token_file) if args.token_file else None
+        tls = tls_context(args.tls_cert, args.tls_key)
     except ValueError as exc:
         raise LazarusError(f"--listen {exc}") from None
     except UsageError as exc:

@@ -185,13 +185,17 @@ def test_fork_of_a_tree_with_threads(procs: Procs, tmp_path: Path) -> None:
     w = procs.python("counter", str(out), "--thread", "--child")
     wait_until(lambda: out.exists() and out.read_text().count("\n") >= 5, 15, "ticks")
     kid = children(w.pid)[0]
-    fork, port = start_fork(procs, w.pid, "tree", "--stats")
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    fork, port = start_fork(procs, w.pid, "tree", "--stats", "--token-file", str(token))
     twins = [c for c in children(w.pid) if c != kid] + children(kid)
     assert [proc_state(t) for t in twins] == ["t", "t"], "a stopped twin for each process"
     # The copy writes to the same file (same path): only check it runs.
     pidfile = tmp_path / "tree.pid"
-    ok(lazarus("restore", "--lazy", "--page-server", f"127.0.0.1:{port}", "--image", "tree",
-               "--pidns", "-d", "--pidfile", str(pidfile)))
+    server = ["--lazy", "--page-server", f"127.0.0.1:{port}", "--image", "tree"]
+    assert "token" in error_line(lazarus("restore", *server, "--pidns", "-d"))
+    ok(lazarus("restore", *server, "--token-file", str(token), "--pidns", "-d",
+               "--pidfile", str(pidfile)))
     pid = int(pidfile.read_text())
     procs.adopt(pid)
     procs.adopt(parent_of(pid), Path(PYTHON))
