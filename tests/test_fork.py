@@ -287,3 +287,24 @@ def test_fork_outlives_the_original(procs: Procs, tmp_path: Path,
     assert 0 < copy[0] <= at_fork + 1
     n, d = copy_out[1].digest(pid)
     assert d == expected_digest(n, 16)
+
+
+def test_fork_of_a_stopped_process_leaves_it_stopped(procs: Procs, tmp_path: Path,
+                                                     copy_out: tuple[int, Output]) -> None:
+    w, src = start_forkmem(procs, tmp_path, 8)
+    src.wait_numbers(5)
+    os.kill(w.pid, signal.SIGSTOP)
+    wait_until(lambda: proc_state(w.pid) == "T", 10, "the original to stop")
+    fork, port = start_fork(procs, w.pid, "stopped")
+    assert proc_state(w.pid) == "T"
+    pid = restore_copy(procs, tmp_path, port, "stopped", copy_out[0], src.ino)
+    finish(fork)
+    # Stopped before the fork, stopped after it (the twin's reaping included).
+    assert proc_state(w.pid) == "T" and children(w.pid) == []
+    n = len(src.numbers())
+    wait_until(lambda: proc_state(pid) == "T", 10, "the copy to be stopped too")
+    os.kill(pid, signal.SIGCONT)
+    copy = copy_out[1].wait_numbers(5)
+    assert copy[0] == n, "the copy goes on from where the original stopped"
+    os.kill(w.pid, signal.SIGCONT)
+    contiguous(src.wait_numbers(n + 5), 0)
