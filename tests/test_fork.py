@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import (
     LAZARUS,
+    LAZARUS_TIMEOUT,
     PYTHON,
     WORKLOADS,
     Procs,
@@ -37,6 +38,7 @@ from tests.conftest import (
     tracer_pid,
     wait_until,
 )
+from tests.test_lazy_remote import two_hosts  # noqa: F401 - a fixture used below
 from tests.test_trees import nspid, parent_of
 from tests.workloads.forkmem import expected_digest
 
@@ -94,11 +96,12 @@ def start_forkmem(procs: Procs, tmp_path: Path, heap_mib: int = 64) -> tuple[Wor
     return wl, Output(r)
 
 
-def start_fork(procs: Procs, pid: int, name: str,
-               *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    """`lazarus fork` on a free loopback port; returns it once it serves, and the port."""
-    p = subprocess.Popen([LAZARUS, "fork", "-t", str(pid), "--image", name,
-                          "--listen", "127.0.0.1:0", *extra],
+def start_fork(procs: Procs, pid: int, name: str, *extra: str, host: str = "127.0.0.1",
+               prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
+    """`lazarus fork` on a free port of `host` (run through `prefix`, e.g. in a
+    network namespace); returns it once it serves, and the port."""
+    p = subprocess.Popen([*prefix, LAZARUS, "fork", "-t", str(pid), "--image", name,
+                          "--listen", f"{host}:0", *extra],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     procs.track(p)
@@ -107,7 +110,7 @@ def start_fork(procs: Procs, pid: int, name: str,
     if not ready:
         pytest.fail(f"lazarus fork did not say where it serves within {READY_TIMEOUT:.0f} s")
     line = p.stdout.readline().decode()
-    m = re.search(r"served on 127\.0\.0\.1:(\d+)", line)
+    m = re.search(rf"served on {re.escape(host)}:(\d+)", line)
     if m is None:
         p.kill()
         _, err = p.communicate(timeout=10)
@@ -126,11 +129,14 @@ def finish(p: subprocess.Popen[bytes]) -> str:
 
 
 def restore_copy(procs: Procs, tmp_path: Path, port: int, name: str, out_fd: int,
-                 pipe_ino: int) -> int:
+                 pipe_ino: int, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> int:
     pidfile = tmp_path / f"{name}.pid"
-    ok(lazarus("restore", "--lazy", "--page-server", f"127.0.0.1:{port}", "--image", name,
-               "--pidns", "-d", "--pidfile", str(pidfile),
-               "--inherit-fd", f"fd[{out_fd}]:pipe:[{pipe_ino}]", pass_fds=(out_fd,)))
+    argv = [*prefix, LAZARUS, "restore", "--lazy", "--page-server", f"{host}:{port}",
+            "--image", name, "--pidns", "-d", "--pidfile", str(pidfile),
+            "--inherit-fd", f"fd[{out_fd}]:pipe:[{pipe_ino}]"]
+    res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=LAZARUS_TIMEOUT, pass_fds=(out_fd,))
+    ok(res)
     pid = int(pidfile.read_text())
     procs.adopt(pid)
     procs.adopt(parent_of(pid), Path(PYTHON))     # the namespace's init
@@ -308,3 +314,23 @@ def test_fork_of_a_stopped_process_leaves_it_stopped(procs: Procs, tmp_path: Pat
     assert copy[0] == n, "the copy goes on from where the original stopped"
     os.kill(w.pid, signal.SIGCONT)
     contiguous(src.wait_numbers(n + 5), 0)
+
+
+def test_fork_to_another_host(procs: Procs, tmp_path: Path, copy_out: tuple[int, Output],
+                              two_hosts: tuple[str, str]) -> None:  # noqa: F811
+    """The fork serves from one network namespace, the copy is restored in another."""
+    host_a, host_b = two_hosts
+    w, src = start_forkmem(procs, tmp_path, 32)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, "far", host="10.77.0.1",
+                            prefix=("ip", "netns", "exec", host_a))
+    at_fork = len(src.numbers())
+    pid = restore_copy(procs, tmp_path, port, "far", copy_out[0], src.ino, host="10.77.0.1",
+                       prefix=("ip", "netns", "exec", host_b))
+    finish(fork)
+    assert children(w.pid) == []
+    copy = copy_out[1].wait_numbers(5)
+    contiguous(copy)
+    assert 0 < copy[0] <= at_fork + 1
+    n, d = copy_out[1].digest(pid)
+    assert d == expected_digest(n, 32)
