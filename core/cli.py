@@ -372,6 +372,40 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return wait_restored(pid, report)
 
 
+def cmd_fork(args: argparse.Namespace) -> int:
+    from core.fork import ForkOptions, ForkResult, fork
+    from pageserver.cli import UsageError, read_token, tls_context
+    from pageserver.client import parse_hostport
+    from pageserver.server import format_addr
+
+    try:
+        listen = [parse_hostport(v) for v in args.listen]
+        token = read_token(args.token_file) if args.token_file else None
+        tls = tls_context(args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        raise LazarusError(f"--listen {exc}") from None
+    except UsageError as exc:
+        raise LazarusError(str(exc)) from None
+    if not args.serve_timeout > 0:
+        raise LazarusError("--serve-timeout must be more than 0")
+    opts = ForkOptions(pid=args.tree, image_name=args.image, listen=listen,
+                       serve_timeout=args.serve_timeout, token=token, ssl_context=tls)
+
+    def ready(res: ForkResult) -> None:
+        where = " ".join(format_addr(h, p) for h, p in res.addresses)
+        print(f"forked PID {opts.pid} ({len(res.ctx.procs)} process(es)): image "
+              f"{opts.image_name} served on {where}", flush=True)
+        if args.stats:
+            print(f"the tree was frozen {res.frozen.total_seconds * 1000:.1f} ms:\n"
+                  f"{res.frozen.format()}", file=sys.stderr, flush=True)
+
+    res = run_async(fork(opts, ready))
+    if args.stats:
+        print(f"  served {res.pages * 4096 / 1e6:.1f} MB of pages from the twins in "
+              f"{res.serve_seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from pageserver.client import PageServerError, pull_image
 
@@ -510,6 +544,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--push-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     r.set_defaults(func=cmd_restore)
+
+    f = sub.add_parser("fork", help="copy a running process to another host while it runs on")
+    f.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
+                   help="process to fork (with its descendants)")
+    f.add_argument("--image", required=True, metavar="NAME",
+                   help="the name the fork is served under")
+    f.add_argument("--listen", action="append", required=True, metavar="HOST:PORT",
+                   help="serve the fork there (repeatable; port 0 picks one, printed)")
+    f.add_argument("--token-file", metavar="FILE", help="clients must present this token")
+    f.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    f.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    f.add_argument("--serve-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="give up, killing the twins, if no client has taken every page by "
+                        "then (default 300)")
+    f.add_argument("--stats", action="store_true",
+                   help="print how long the tree was frozen, and what was served")
+    f.set_defaults(func=cmd_fork)
 
     pl = sub.add_parser("pull", help="download a whole image from a page server")
     add_server_options(pl, "the page server to download from")

@@ -135,6 +135,20 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def read_vmflags(pid: int) -> dict[int, set[str]]:
+    """The VmFlags of every mapping of /proc/PID/smaps (e.g. "dc" for
+    MADV_DONTFORK, "wf" for MADV_WIPEONFORK), by start address."""
+    out: dict[int, set[str]] = {}
+    start = -1
+    for line in proc(pid, "smaps").read_text().splitlines():
+        head = line.split(None, 1)[0]
+        if "-" in head and ":" not in head:
+            start = int(head.split("-")[0], 16)
+        elif head == "VmFlags:":
+            out[start] = set(line.split()[1:])
+    return out
+
+
 def is_alive(pid: int) -> bool:
     """True if `pid` exists and is not a zombie."""
     try:

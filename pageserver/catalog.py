@@ -459,11 +459,22 @@ class Catalog:
         self.uploads: set[str] = set()
         self._entries: OrderedDict[tuple[str, int], ProcessPages] = OrderedDict()
         self._tmp_ids = itertools.count()
+        # Images whose pages come from live processes (see live.py), by (image, pid).
+        self.live: dict[tuple[str, int], ProcessPages] = {}
 
     def close(self) -> None:
-        for entry in self._entries.values():
+        for entry in [*self._entries.values(), *self.live.values()]:
             entry.close()
         self._entries.clear()
+        self.live.clear()
+
+    def add_live(self, entry: ProcessPages) -> None:
+        """Serve ``entry`` as process ``entry.pid`` of image ``entry.image``;
+        the image's metadata files must be in the images dir as usual."""
+        self.live[(entry.image, entry.pid)] = entry
+
+    def _is_live(self, image: str) -> bool:
+        return any(name == image for name, _ in self.live)
 
     def list_images(self) -> list[str]:
         names: list[str] = []
@@ -491,6 +502,11 @@ class Catalog:
             raise _not_found(f"image {image}: {e.strerror}") from e
 
     def list_files(self, image: str) -> list[tuple[str, int]]:
+        if self._is_live(image):
+            # Its pages are in no file: only a lazy restore can take them.
+            raise CatalogError(wire.Error.UNSUPPORTED,
+                               f"image {image} is a live fork: restore it with "
+                               "`lazarus restore --lazy`, it cannot be downloaded")
         dfd = self._open_dir(image)
         try:
             out: list[tuple[str, int]] = []
@@ -566,6 +582,9 @@ class Catalog:
         stored again under the same name) is noticed within REVALIDATE seconds.
         """
         key = (image, pid)
+        live = self.live.get(key)
+        if live is not None:
+            return live
         entry = self._entries.get(key)
         now = time.monotonic()
         if entry is not None and now - entry.checked < REVALIDATE:

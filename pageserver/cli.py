@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_token(path: str) -> str:
+def read_token(path: str) -> str:
     try:
         token = Path(path).read_text().strip()
     except OSError as e:
@@ -78,7 +78,7 @@ def _read_token(path: str) -> str:
     return token
 
 
-def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if cert is None and key is None:
         return None
     if cert is None or key is None:
@@ -154,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--listen {e}") from None
         if not args.hello_timeout > 0:
             raise UsageError("--hello-timeout must be more than 0")
-        token = _read_token(args.token_file) if args.token_file else None
-        ctx = _tls(args.tls_cert, args.tls_key)
+        token = read_token(args.token_file) if args.token_file else None
+        ctx = tls_context(args.tls_cert, args.tls_key)
     except UsageError as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1

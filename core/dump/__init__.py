@@ -44,8 +44,7 @@ async def abort_image(ctx: DumpContext) -> None:
         ctx.writer.abort()
 
 
-async def write_image(ctx: DumpContext) -> None:
-    assert ctx.writer is not None
+def fill_inventory(ctx: DumpContext) -> None:
     inv = ctx.inventory
     inv.format_version = FORMAT_VERSION
     inv.tool_version = __version__
@@ -55,6 +54,12 @@ async def write_image(ctx: DumpContext) -> None:
     inv.compression = "lz4" if ctx.opts.compress else "none"
     inv.page_size = PAGE_SIZE
     inv.leave_running = ctx.opts.leave_running
+
+
+async def write_image(ctx: DumpContext) -> None:
+    assert ctx.writer is not None
+    fill_inventory(ctx)
+    inv = ctx.inventory
     for p in ctx.procs.values():
         if ctx.opts.predump and p.tracking_fd >= 0:
             p.proc.tracking_fd = p.tracking_fd

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.images import ImageWriter, pb
 from core.kernel import ptrace as pt
 from core.kernel.tracer import Tracer
 from core.remote import ServerAddress
+
+if TYPE_CHECKING:
+    from core.dump.twin import Twin
 
 
 @dataclass
@@ -63,6 +67,7 @@ class DumpContext:
     frozen_at: float = 0.0         # perf_counter when the freeze began
     killed_at: float = 0.0         # perf_counter when the SIGKILLs were sent (0: not killed)
     frozen_seconds: float = 0.0    # how long the process could not run
+    twins: dict[int, Twin] = field(default_factory=dict)   # remote fork: by source PID
 
     @property
     def pid(self) -> int:

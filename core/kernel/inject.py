@@ -122,6 +122,11 @@ class Injector:
         if not (res.stopped and res.stop_signal == K.SIGSEGV):
             raise self._unexpected(nr, res)
 
+    @property
+    def saved(self) -> bytes | None:
+        """The code bytes our `syscall; int3` replaced (None if the area is ours)."""
+        return self._saved
+
     def restore_code(self) -> None:
         if self._saved is not None:
             self.mem.write(self.code_addr, self._saved)

@@ -1,0 +1,79 @@
+"""Memory that changes every tick in a way a test can replay: for remote fork.
+
+``python forkmem.py DIR [HEAP_MIB]`` (DIR only marks the process as the
+test's): a heap of HEAP_MIB (default 64) MiB and a 4 MiB shared anonymous
+mapping, both filled from a fixed seed. Tick i rewrites one page of each
+with bytes made from i, then prints ``i`` on stdout. On SIGUSR1 it prints
+``sha N DIGEST``: N ticks done, DIGEST of both areas, which
+``expected_digest(N)`` recomputes. So a copy of the process, taken at any
+moment, must print the next tick after the last one it had done, and its
+memory must hash as the replay says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import random
+import signal
+import sys
+import time
+from types import FrameType
+
+PAGE = mmap.PAGESIZE
+SHARED_SIZE = 4 << 20
+INTERVAL = 0.02
+
+requested = False
+
+
+def on_usr1(signum: int, frame: FrameType | None) -> None:
+    global requested
+    requested = True
+
+
+def initial(heap_mib: int) -> tuple[bytearray, bytearray]:
+    rng = random.Random(1234)
+    return bytearray(rng.randbytes(heap_mib << 20)), bytearray(rng.randbytes(SHARED_SIZE))
+
+
+def tick(i: int, heap: bytearray | mmap.mmap, shared: bytearray | mmap.mmap) -> None:
+    page = (str(i).encode() * PAGE)[:PAGE]
+    h = (i * 7919) % (len(heap) // PAGE)
+    s = (i * 104729) % (len(shared) // PAGE)
+    heap[h * PAGE : (h + 1) * PAGE] = page
+    shared[s * PAGE : (s + 1) * PAGE] = page[::-1]
+
+
+def digest(heap: bytearray | mmap.mmap, shared: bytearray | mmap.mmap) -> str:
+    return hashlib.sha256(bytes(heap) + bytes(shared)).hexdigest()
+
+
+def expected_digest(done: int, heap_mib: int = 64) -> str:
+    heap, shared = initial(heap_mib)
+    for i in range(done):
+        tick(i, heap, shared)
+    return digest(heap, shared)
+
+
+def main() -> None:
+    global requested
+    heap_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+    signal.signal(signal.SIGUSR1, on_usr1)
+    heap, first = initial(heap_mib)
+    shared = mmap.mmap(-1, SHARED_SIZE)
+    shared[:] = first
+    del first
+    i = 0
+    while True:
+        if requested:
+            requested = False
+            print(f"sha {i} {digest(heap, shared)}", flush=True)
+        tick(i, heap, shared)
+        print(i, flush=True)
+        i += 1
+        time.sleep(INTERVAL)
+
+
+if __name__ == "__main__":
+    main()
