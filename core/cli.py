@@ -584,17 +584,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LazarusError, ImageError, LazyError) as exc:
         print(f"lazarus: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # before OSError, of which it is one
+        # The reader went away (`lazarus show DIR | head`): stop quietly, like cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as exc:   # a kernel call failed where no stage gave it a better name
         print(f"lazarus: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lazarus: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`lazarus show DIR | head`): stop quietly, like cat does.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
 
 
 if __name__ == "__main__":
