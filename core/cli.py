@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from core.check import run_checks
 from core.errors import LazarusError
 from core.images import ImageError, describe_image, format_description
+from core.progress import Progress, terminal_stream
 from core.remote import ServerAddress
 from core.restore.context import RestoreOptions
 from lazy.daemon import LazyDaemon, LazyError, LazyStats
@@ -51,6 +52,11 @@ def parse_inherit(values: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     lines, ok = run_checks()
     print("\n".join(lines))
@@ -66,7 +72,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir or "."),
                        leave_running=args.leave_running, compress=args.compress == "lz4",
                        server=server_of(args), image_name=args.image,
-                       prev=Path(args.prev) if args.prev else None)
+                       prev=Path(args.prev) if args.prev else None,
+                       progress=terminal_stream(args.quiet))
     ctx, stats = run_async(dump(opts))
     for w in ctx.warnings:
         log.warning("%s", w)
@@ -86,7 +93,8 @@ def cmd_predump(args: argparse.Namespace) -> int:
 
     opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir),
                        compress=args.compress == "lz4",
-                       prev=Path(args.prev) if args.prev else None)
+                       prev=Path(args.prev) if args.prev else None,
+                       progress=terminal_stream(args.quiet))
     ctx, stats = run_async(predump(opts))
     procs = [p.proc for p in ctx.procs.values()]
     raw = sum(proc.pages_bytes for proc in procs)
@@ -103,7 +111,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     server = ServerAddress.from_options(args.to, args.token_file, args.tls_ca)
     opts = MigrateOptions(pid=args.tree, server=server, name=args.name or f"migrate-{args.tree}",
                           max_rounds=args.max_rounds, compress=args.compress == "lz4",
-                          work_dir=Path(args.work_dir) if args.work_dir else None)
+                          work_dir=Path(args.work_dir) if args.work_dir else None,
+                          progress=terminal_stream(args.quiet))
     res = run_async(migrate(opts))
     print(format_result(opts, res, args.to))
     return 0
@@ -413,13 +422,24 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if server is None or not args.image:
         raise LazarusError("pull needs --page-server HOST:PORT and --image NAME")
 
+    stream = terminal_stream(args.quiet)
+    bar: Progress | None = None
+
+    def on_chunk(total: int, nbytes: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress("pull", total, stream)
+        bar.add(nbytes)
+
     async def run() -> None:
         client = await server.connect()
         try:
-            await pull_image(client, args.image, Path(args.images_dir))
+            await pull_image(client, args.image, Path(args.images_dir), on_chunk)
         except PageServerError as exc:
             raise LazarusError(str(exc)) from None
         finally:
+            if bar is not None:
+                bar.finish()
             await client.close()
 
     run_async(run())
@@ -471,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store only the pages written since this pre-dump image (which "
                         "becomes the parent of the new image)")
     d.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
+    add_quiet_option(d)
     d.set_defaults(func=cmd_dump)
 
     pd = sub.add_parser("pre-dump", help="copy memory while the process runs and start "
@@ -484,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--compress", choices=("lz4", "none"), default="lz4",
                     help="page block compression (default lz4)")
     pd.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
+    add_quiet_option(pd)
     pd.set_defaults(func=cmd_predump)
 
     m = sub.add_parser("migrate", help="live-migrate a process to a page server: pre-copy "
@@ -504,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "removed once the image is on the server)")
     m.add_argument("--compress", choices=("lz4", "none"), default="lz4",
                    help="page block compression (default lz4)")
+    add_quiet_option(m)
     m.set_defaults(func=cmd_migrate)
 
     r = sub.add_parser("restore", help="bring a dumped process back")
@@ -566,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(pl, "the page server to download from")
     pl.add_argument("-D", "--images-dir", required=True, metavar="DIR",
                     help="image directory to create (must not exist or be empty)")
+    add_quiet_option(pl)
     pl.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("show", help="describe an image directory")

@@ -23,10 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from core.dump import DumpOptions, dump, end_tracking, predump
 from core.errors import LazarusError
 from core.images.chain import flatten_own_chain
+from core.progress import Progress
 from core.remote import ServerAddress
 from pageserver.client import PageServerError
 
@@ -45,6 +47,7 @@ class MigrateOptions:
     max_rounds: int = 5
     compress: bool = True
     work_dir: Path | None = None      # where the chain is written (default: a new temp dir)
+    progress: TextIO | None = None    # where to draw progress bars (a terminal), if anywhere
 
 
 @dataclass
@@ -93,7 +96,8 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
             t0 = time.perf_counter()
             try:
                 ctx, _ = await predump(DumpOptions(pid=opts.pid, images_dir=d,
-                                                   compress=opts.compress, prev=prev))
+                                                   compress=opts.compress, prev=prev,
+                                                   progress=opts.progress))
             except BaseException:
                 if prev is not None:
                     await end_tracking(prev)
@@ -107,7 +111,8 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         assert prev is not None     # max_rounds >= 1
         try:
             ctx, _ = await dump(DumpOptions(pid=opts.pid, images_dir=final,
-                                            compress=opts.compress, prev=prev))
+                                            compress=opts.compress, prev=prev,
+                                            progress=opts.progress))
         except BaseException:
             # The process runs on: it keeps nothing of ours.
             await end_tracking(prev)
@@ -123,9 +128,11 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         flatten_own_chain(final, merged, opts.compress)
         res.merge_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
+        total = sum(f.stat().st_size for f in merged.iterdir())
         client = await opts.server.connect()
         try:
-            await client.put_image(opts.name, merged)
+            with Progress("upload", total, opts.progress) as bar:
+                await client.put_image(opts.name, merged, bar.add)
         except PageServerError as exc:
             raise LazarusError(f"cannot store the image on the page server: {exc}; the "
                                f"process was dumped: its image chain is kept in {final}")\

@@ -647,8 +647,10 @@ class PageClient:
             if not pending.finished:
                 self._cancel(rid)
 
-    async def put_image(self, name: str, directory: Path) -> None:
-        """Upload an image directory; the server stores it (atomically) as ``name``."""
+    async def put_image(self, name: str, directory: Path,
+                        progress: Callable[[int], None] | None = None) -> None:
+        """Upload an image directory; the server stores it (atomically) as ``name``.
+        ``progress`` is called with the size of each chunk sent."""
         directory = Path(directory)
         try:
             files = sorted(e.name for e in os.scandir(directory)
@@ -667,7 +669,7 @@ class PageClient:
             for fname in files:
                 if pending.future.done():
                     break
-                await self._upload_file(rid, directory / fname, fname, pending)
+                await self._upload_file(rid, directory / fname, fname, pending, progress)
             if not pending.future.done():
                 self._send(self.conn.send_request(rid, wire.Request(
                     put_commit=wire.PutCommit())))
@@ -676,7 +678,8 @@ class PageClient:
             self._cancel(rid)
             raise
 
-    async def _upload_file(self, rid: int, path: Path, fname: str, pending: _PutReply) -> None:
+    async def _upload_file(self, rid: int, path: Path, fname: str, pending: _PutReply,
+                           progress: Callable[[int], None] | None) -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as e:
@@ -700,6 +703,8 @@ class PageClient:
                 self.bytes_sent += len(chunk) + len(bufs[0])
                 self.transport.writelines(bufs)
                 await self._drain()
+                if progress is not None:
+                    progress(len(chunk))
         finally:
             os.close(fd)
 
@@ -719,8 +724,11 @@ class PageClient:
         await self.close()
 
 
-async def pull_image(client: PageClient, name: str, dest: Path) -> None:
+async def pull_image(client: PageClient, name: str, dest: Path,
+                     progress: Callable[[int, int], None] | None = None) -> None:
     """Download image ``name`` into ``dest`` as a normal local image directory.
+    ``progress(total, n)`` is called for each chunk received (total: the
+    image's size in bytes).
 
     Like ImageWriter: written to a private sibling DEST.tmp-XXXX, files 0600,
     synced, then renamed to ``dest``, which must not exist or be empty.
@@ -745,12 +753,15 @@ async def pull_image(client: PageClient, name: str, dest: Path) -> None:
     except OSError as e:
         raise PageServerError(f"cannot create an image directory in {parent}: {e.strerror}") \
             from e
+    total = sum(size for _, size in files)
     try:
         for fname, size in files:
             fd = os.open(tmp / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          0o600)
             try:
                 def sink(mv: memoryview, fd: int = fd) -> None:
+                    if progress is not None:
+                        progress(total, len(mv))
                     while mv:
                         mv = mv[os.write(fd, mv):]
                 got = await client._fetch(name, fname, sink)

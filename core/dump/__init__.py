@@ -27,6 +27,7 @@ from core.images import FORMAT_VERSION, PAGE_SIZE, ImageWriter
 from core.kernel import ptrace as pt
 from core.kernel.tracer import Tracer
 from core.pipeline import PipelineStats, Stage, run_pipeline
+from core.progress import Progress
 from pageserver.client import PageServerError
 
 __all__ = ["DumpOptions", "dump", "end_tracking", "predump"]
@@ -118,9 +119,11 @@ async def upload_image(ctx: DumpContext) -> int:
     only once the server holds it may the process be killed."""
     server, name = ctx.opts.server, ctx.opts.image_name
     assert server is not None and name is not None
+    total = sum(f.stat().st_size for f in ctx.opts.images_dir.iterdir())
     client = await server.connect()
     try:
-        await client.put_image(name, ctx.opts.images_dir)
+        with Progress("upload", total, ctx.opts.progress) as bar:
+            await client.put_image(name, ctx.opts.images_dir, bar.add)
     except PageServerError as exc:
         raise LazarusError(f"cannot store the image on the page server: {exc}") from None
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from core.images import ImageWriter, pb
 from core.kernel import ptrace as pt
@@ -25,6 +25,7 @@ class DumpOptions:
     image_name: str | None = None
     prev: Path | None = None       # parent image: store only what changed since it
     predump: bool = False          # memory only, copied while the process runs on
+    progress: TextIO | None = None  # where to draw a progress bar (a terminal), if anywhere
 
 
 @dataclass

@@ -18,6 +18,7 @@ from core.images import PAGE_SIZE, PageStoreWriter, pb, ranges
 from core.kernel import dirty
 from core.kernel.dirty import SWP_PTE_MARKER, SWP_TYPE_MASK
 from core.kernel.memory import ProcMem
+from core.progress import Progress
 
 log = logging.getLogger("lazarus")
 
@@ -65,7 +66,7 @@ def stored_runs(pagemap_fd: int, vma: pb.Vma) -> Iterator[tuple[int, int]]:
 
 
 def copy_run(mem: ProcMem, store: PageStoreWriter, view: memoryview, addr: int, end: int,
-             running: bool) -> None:
+             running: bool, progress: Progress) -> None:
     while addr < end:
         size = min(READ_CHUNK, end - addr)
         try:
@@ -79,42 +80,48 @@ def copy_run(mem: ProcMem, store: PageStoreWriter, view: memoryview, addr: int, 
             log.info("pre-dump: %#x-%#x unreadable (%s), skipped", addr, addr + size, exc)
         else:
             store.add(addr, view[:size])
+        progress.add(size)
         addr += size
 
 
-def dump_process_memory(ctx: DumpContext, p: ProcDump, shared_seen: set[int]) -> int:
+def plan_process_memory(p: ProcDump, pagemap_fd: int,
+                        shared_seen: set[int]) -> tuple[list[tuple[int, int]],
+                                                        list[tuple[int, int]]]:
+    """The runs of ``p``'s memory to store, and those it inherits from the
+    parent image, as (start, end) address pairs."""
+    stored: list[tuple[int, int]] = []
+    inherited: list[tuple[int, int]] = []
+    for vma in p.proc.vmas:
+        if vma.kind not in DUMPED_KINDS:
+            continue
+        if vma.kind == pb.Vma.ANON_SHARED:
+            # Shared memory is stored once, by the first process mapping it.
+            if vma.shmem_ino in shared_seen:
+                continue
+            shared_seen.add(vma.shmem_ino)
+        runs = [(a, a + n * PAGE_SIZE) for a, n in stored_runs(pagemap_fd, vma)]
+        written = p.written.get(vma.start)
+        if written is not None:
+            # Tracked since the parent image: store what was written, the
+            # rest of what is there is the parent's, except pages mapping
+            # the zero page (emptied, e.g. by MADV_DONTNEED, then only
+            # read): zeros, whatever the parent holds there.
+            zero = dirty.zero_page_ranges(pagemap_fd, vma.start, vma.end)
+            inherited.extend(ranges.subtract(ranges.subtract(runs, written), zero))
+            runs = ranges.intersect(runs, written)
+        stored.extend(runs)
+    return stored, inherited
+
+
+def dump_process_memory(ctx: DumpContext, p: ProcDump, runs: list[tuple[int, int]],
+                        inherited: list[tuple[int, int]], progress: Progress) -> int:
     assert ctx.writer is not None
-    pid = p.pid
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
-    path = ctx.writer.pages_path(pid)
-    inherited: list[tuple[int, int]] = []
-    pagemap_fd = os.open(procfs.proc(pid, "pagemap"), os.O_RDONLY)
-    try:
-        with ProcMem(pid) as mem, PageStoreWriter(path, ctx.opts.compress) as store:
-            for vma in p.proc.vmas:
-                if vma.kind not in DUMPED_KINDS:
-                    continue
-                if vma.kind == pb.Vma.ANON_SHARED:
-                    # Shared memory is stored once, by the first process mapping it.
-                    if vma.shmem_ino in shared_seen:
-                        continue
-                    shared_seen.add(vma.shmem_ino)
-                runs = [(a, a + n * PAGE_SIZE) for a, n in stored_runs(pagemap_fd, vma)]
-                written = p.written.get(vma.start)
-                if written is not None:
-                    # Tracked since the parent image: store what was written,
-                    # the rest of what is there is the parent's, except
-                    # pages mapping the zero page (emptied, e.g. by
-                    # MADV_DONTNEED, then only read): zeros, whatever the
-                    # parent holds there.
-                    zero = dirty.zero_page_ranges(pagemap_fd, vma.start, vma.end)
-                    inherited.extend(ranges.subtract(ranges.subtract(runs, written), zero))
-                    runs = ranges.intersect(runs, written)
-                for start, end in runs:
-                    copy_run(mem, store, view, start, end, ctx.opts.predump)
-    finally:
-        os.close(pagemap_fd)
+    path = ctx.writer.pages_path(p.pid)
+    with ProcMem(p.pid) as mem, PageStoreWriter(path, ctx.opts.compress) as store:
+        for start, end in runs:
+            copy_run(mem, store, view, start, end, ctx.opts.predump, progress)
     p.proc.inherited.extend(pb.PageRange(vaddr=s, nr_pages=(e - s) // PAGE_SIZE)
                             for s, e in ranges.normalize(inherited))
     p.proc.pages.extend(store.blocks)
@@ -125,8 +132,19 @@ def dump_process_memory(ctx: DumpContext, p: ProcDump, shared_seen: set[int]) ->
 
 def dump_memory_sync(ctx: DumpContext) -> int:
     shared_seen: set[int] = set()
-    return sum(dump_process_memory(ctx, p, shared_seen) for p in ctx.procs.values()
-               if not p.proc.zombie)
+    procs = [p for p in ctx.procs.values() if not p.proc.zombie]
+    plans = []
+    for p in procs:
+        pagemap_fd = os.open(procfs.proc(p.pid, "pagemap"), os.O_RDONLY)
+        try:
+            plans.append(plan_process_memory(p, pagemap_fd, shared_seen))
+        finally:
+            os.close(pagemap_fd)
+    total = sum(end - start for runs, _ in plans for start, end in runs)
+    label = "pre-dump" if ctx.opts.predump else "dump"
+    with Progress(label, total, ctx.opts.progress) as progress:
+        return sum(dump_process_memory(ctx, p, runs, inherited, progress)
+                   for p, (runs, inherited) in zip(procs, plans, strict=True))
 
 
 async def dump_memory(ctx: DumpContext) -> int:
