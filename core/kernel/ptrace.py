@@ -32,6 +32,8 @@ class Regs(Protocol):
     orig_rax: int
     rip: int
     rsp: int
+    rbx: int
+    r12: int
     fs_base: int
 
 

@@ -13,7 +13,7 @@ from core.images import ImageError, pb
 from core.kernel import constants as K
 from core.kernel.memory import vm_writev
 from core.restore.addrspace import needs_fill
-from core.restore.context import ProcRestore, RestoreContext
+from core.restore.context import SCRATCH_SIZE, ProcRestore, RestoreContext
 
 VMWRITEV_BATCH = 16 << 20   # bytes gathered before one process_vm_writev
 
@@ -45,9 +45,10 @@ def set_final_protections(ctx: ProcRestore) -> None:
     """VMAs mapped writable for filling get their dumped protection back."""
     assert ctx.inj is not None
     filled = needs_fill(ctx.proc)
-    for vma in ctx.proc.vmas:
-        if vma.start in filled and vma.prot != (vma.prot | K.PROT_READ | K.PROT_WRITE):
-            ctx.inj.syscall(K.SYS_MPROTECT, vma.start, vma.end - vma.start, vma.prot)
+    calls = [(K.SYS_MPROTECT, (vma.start, vma.end - vma.start, vma.prot))
+             for vma in ctx.proc.vmas
+             if vma.start in filled and vma.prot != (vma.prot | K.PROT_READ | K.PROT_WRITE)]
+    ctx.inj.syscall_batch(calls, ctx.scratch, SCRATCH_SIZE)
 
 
 def write_memory_sync(ctx: ProcRestore) -> int:
