@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core import procfs
+from core.images.workingset import PageBuffer
 from core.kernel import uffd
 from lazy.regions import PAGE, Region, RegionMap
 from lazy.source import LazySourceLost, PageSource
@@ -99,8 +100,12 @@ class LazyStats:
                 "fault_latency_p50": self.latency(0.5), "fault_latency_p99": self.latency(0.99)}
 
 
-def _addr(data: bytes) -> int:
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+def _addr(data: PageBuffer) -> int:
+    if isinstance(data, bytes):
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    # A copy-on-write file mapping (a working set's pages): writable, so ctypes
+    # can take its address; the kernel reads the pages straight from the cache.
+    return ctypes.addressof(ctypes.c_char.from_buffer(data))
 
 
 class LazyDaemon:
@@ -248,7 +253,7 @@ class LazyDaemon:
 
     # -- filling -----------------------------------------------------------
 
-    def _copy_run(self, region: Region, index: int, data: bytes, offset: int,
+    def _copy_run(self, region: Region, index: int, data: PageBuffer, offset: int,
                   count: int) -> tuple[int, bool]:
         """Copy `count` pages of data[offset:] to page `index` of region.
         Returns (pages now in, retry) where retry asks to try again later (EAGAIN)."""
@@ -274,7 +279,7 @@ class LazyDaemon:
                 raise OSError(-res, f"UFFDIO_COPY at {dst:#x}: {os.strerror(-res)}")
         return done, False
 
-    async def _fill(self, region: Region, index: int, data: bytes, first: int,
+    async def _fill(self, region: Region, index: int, data: PageBuffer, first: int,
                     count: int) -> int:
         """Copy the still-pending pages among data's pages [first, first+count)
         (page `first` of data belongs at page `index` of region). Returns pages copied."""
@@ -336,7 +341,7 @@ class LazyDaemon:
         resumed = self.stats.resumed_at
         return resumed is None or time.monotonic() - resumed < self.record_window
 
-    async def prefetch(self, runs: list[tuple[int, int, bytes, int]], t0: float) -> int:
+    async def prefetch(self, runs: list[tuple[int, int, PageBuffer, int]], t0: float) -> int:
         """Copy image pages before the process runs: each run is (image vaddr,
         nr_pages, buffer, index of its first page in the buffer), one
         UFFDIO_COPY each. t0: when the prefetch began to hold the restore up.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import mmap
 import os
 import struct
 import tempfile
@@ -40,6 +41,7 @@ _MAGIC = b"LZWS"
 _HEADER = struct.Struct("<4sI")
 
 Ranges = list[tuple[int, int]]     # (image vaddr, nr_pages)
+PageBuffer = bytes | mmap.mmap     # a working-set file, read or mapped
 
 
 class WorkingSetError(Exception):
@@ -60,7 +62,7 @@ class ProcessPlan:
 
     ranges: Ranges
     runs: Ranges = field(default_factory=list)
-    pages: bytes = b""
+    pages: PageBuffer = b""
     first: int = 0
 
 
@@ -72,7 +74,7 @@ def encode(digest: bytes, recorded: dict[int, ProcessPlan], window: float) -> by
     """The file; a plan's `pages` is its copy alone here (first = 0)."""
     ws = pb.WorkingSet(format_version=WORKINGSET_VERSION, inventory_sha256=digest,
                        recorded_unix_ns=time.time_ns(), window_seconds=window)
-    copies: list[bytes] = []
+    copies: list[PageBuffer] = []
     offset = 0
     for pid, plan in sorted(recorded.items()):
         p = ws.processes.add(pid=pid)
@@ -109,7 +111,7 @@ def write_local(directory: Path, data: bytes) -> None:
         raise
 
 
-def parse(data: bytes) -> tuple[pb.WorkingSet, int]:
+def parse(data: PageBuffer) -> tuple[pb.WorkingSet, int]:
     """The file's WorkingSet, and where its page area starts."""
     if len(data) < _HEADER.size:
         raise WorkingSetError(f"{WORKINGSET} is corrupt (truncated)")
@@ -141,7 +143,8 @@ def _checked(ranges: Iterable[pb.WorkingSetRange], proc: pb.ProcessImage) -> Ran
     return out
 
 
-def check(data: bytes, digest: bytes, procs: list[pb.ProcessImage]) -> dict[int, ProcessPlan]:
+def check(data: PageBuffer, digest: bytes,
+          procs: list[pb.ProcessImage]) -> dict[int, ProcessPlan]:
     """The per-process plans of a working-set file, checked against the image
     it is meant for; raises WorkingSetError saying why it cannot be used."""
     ws, area = parse(data)

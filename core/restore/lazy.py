@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.errors import LazarusError
 from core.images import PAGE_SIZE, ImageReader, pb, workingset
+from core.images.workingset import PageBuffer
 from core.kernel import constants as K
 from core.kernel import uffd
 from core.kernel.libc import syscall
@@ -130,14 +131,14 @@ def embed_pages(images_dir: Path, recorded: dict[int, list[tuple[int, int]]]
     return plans
 
 
-async def fetch_plan(p: ProcRestore) -> list[tuple[int, int, bytes, int]]:
+async def fetch_plan(p: ProcRestore) -> list[tuple[int, int, PageBuffer, int]]:
     """The runs to prefetch with their pages: from the working-set file when
     it holds them, else from the page source, all asked at once (a remote
     source pipelines the requests on one connection)."""
     plan = p.working_set
     assert plan is not None
     if plan.runs:
-        out: list[tuple[int, int, bytes, int]] = []
+        out: list[tuple[int, int, PageBuffer, int]] = []
         first = plan.first
         for vaddr, n in plan.runs:
             out.append((vaddr, n, plan.pages, first))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from core import procfs
 from core.errors import LazarusError
 from core.images import pb, workingset
 from core.images.chain import open_image
-from core.images.workingset import inventory_digest
+from core.images.workingset import PageBuffer, inventory_digest
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.inject import SYSCALL_INT3, Injector
@@ -73,7 +74,7 @@ def read_image_sync(ctx: RestoreContext, images_dir: Path) -> None:
         check_files(p.proc)
 
 
-def load_working_set(ctx: RestoreContext, data: bytes | None) -> None:
+def load_working_set(ctx: RestoreContext, data: PageBuffer | None) -> None:
     """Take a recorded working set for prefetching, if asked for and usable;
     an unusable one is ignored with a warning (pages still come from the image)."""
     if data is None or not ctx.opts.prefetch or ctx.opts.record_working_set:
@@ -87,9 +88,15 @@ def load_working_set(ctx: RestoreContext, data: bytes | None) -> None:
         p.working_set = recorded.get(p.proc.pid)
 
 
-def read_local_working_set(images_dir: Path) -> bytes | None:
+def read_local_working_set(images_dir: Path) -> PageBuffer | None:
+    """The file mapped, not read: its pages go from the page cache straight
+    into the process (a read would first copy megabytes into fresh memory)."""
     try:
-        return (images_dir / workingset.WORKINGSET).read_bytes()
+        with open(images_dir / workingset.WORKINGSET, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # ACCESS_COPY: private and writable on our side, so ctypes can
+            # take its address; nothing is ever written to it.
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
     except FileNotFoundError:
         return None
     except OSError as exc:
