@@ -52,6 +52,11 @@ def parse_inherit(values: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def add_compress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compress", choices=("lz4", "none"), default="lz4",
+                   help="page block compression (default lz4)")
+
+
 def add_quiet_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (there is none either when stderr is not a terminal)")
@@ -485,8 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(d, "send the image to this page server instead of a directory")
     d.add_argument("--leave-running", action="store_true",
                    help="let the process run on after the dump instead of killing it")
-    d.add_argument("--compress", choices=("lz4", "none"), default="lz4",
-                   help="page block compression (default lz4)")
+    add_compress_option(d)
     d.add_argument("--prev", metavar="DIR",
                    help="store only the pages written since this pre-dump image (which "
                         "becomes the parent of the new image)")
@@ -502,8 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image directory to create (must not exist or be empty)")
     pd.add_argument("--prev", metavar="DIR",
                     help="the previous pre-dump: copy only the pages written since")
-    pd.add_argument("--compress", choices=("lz4", "none"), default="lz4",
-                    help="page block compression (default lz4)")
+    add_compress_option(pd)
     pd.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     add_quiet_option(pd)
     pd.set_defaults(func=cmd_predump)
@@ -524,8 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--work-dir", metavar="DIR",
                    help="keep the image chain in DIR (default: a temporary directory, "
                         "removed once the image is on the server)")
-    m.add_argument("--compress", choices=("lz4", "none"), default="lz4",
-                   help="page block compression (default lz4)")
+    add_compress_option(m)
     add_quiet_option(m)
     m.set_defaults(func=cmd_migrate)
 
