@@ -117,7 +117,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     opts = MigrateOptions(pid=args.tree, server=server, name=args.name or f"migrate-{args.tree}",
                           max_rounds=args.max_rounds, compress=args.compress == "lz4",
                           work_dir=Path(args.work_dir) if args.work_dir else None,
-                          progress=terminal_stream(args.quiet))
+                          progress=terminal_stream(args.quiet),
+                          restore=not args.no_restore, pidns=args.pidns)
     res = run_async(migrate(opts))
     print(format_result(opts, res, args.to))
     return 0
@@ -528,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the image chain in DIR (default: a temporary directory, "
                         "removed once the image is on the server)")
     add_compress_option(m)
+    m.add_argument("--no-restore", action="store_true",
+                   help="only store the image on the page server (by default the server "
+                        "is asked to restore it on its host, if it was started with "
+                        "--allow-restore)")
+    m.add_argument("--pidns", action="store_true",
+                   help="restore it there into a new PID namespace")
     add_quiet_option(m)
     m.set_defaults(func=cmd_migrate)
 

@@ -30,7 +30,8 @@ from core.errors import LazarusError
 from core.images.chain import flatten_own_chain
 from core.progress import Progress
 from core.remote import ServerAddress
-from pageserver.client import PageServerError
+from pageserver import wire_pb2 as wire
+from pageserver.client import PageServerError, RemoteError
 
 log = logging.getLogger("lazarus")
 
@@ -48,6 +49,8 @@ class MigrateOptions:
     compress: bool = True
     work_dir: Path | None = None      # where the chain is written (default: a new temp dir)
     progress: TextIO | None = None    # where to draw progress bars (a terminal), if anywhere
+    restore: bool = True              # have the page server restore it on its host
+    pidns: bool = False               # ... into a new PID namespace
 
 
 @dataclass
@@ -66,6 +69,9 @@ class MigrateResult:
     upload_seconds: float = 0.0
     uploaded_bytes: int = 0
     downtime_seconds: float = 0.0     # frozen until the image is on the server
+    restored_pid: int = 0             # restored by the page server, as its host sees it
+    running_seconds: float = 0.0      # frozen until it runs again on the other side
+    restore_refused: str = ""         # why the page server did not restore it
 
 
 def worth_another(rounds: list[Round]) -> bool:
@@ -143,6 +149,8 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         res.uploaded_bytes = sum(f.stat().st_size for f in merged.iterdir())
         res.downtime_seconds = time.perf_counter() - frozen_at
         keep = False
+        if opts.restore:
+            await restore_there(opts, res, frozen_at)
         return res
     except BaseException:
         if keep:
@@ -151,6 +159,25 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
     finally:
         if not keep and opts.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+async def restore_there(opts: MigrateOptions, res: MigrateResult, frozen_at: float) -> None:
+    """Ask the page server to restore the image on its host; a server not
+    allowed to is no failure: the image is there, to restore by hand."""
+    client = await opts.server.connect()
+    try:
+        res.restored_pid, _ = await client.restore_image(opts.name, opts.pidns)
+        res.running_seconds = time.perf_counter() - frozen_at
+    except RemoteError as exc:
+        if exc.code != wire.Error.UNSUPPORTED:
+            raise LazarusError(f"the image is on the page server as {opts.name}, but its "
+                               f"restore there failed: {exc}") from None
+        res.restore_refused = str(exc)
+    except PageServerError as exc:
+        raise LazarusError(f"the image is on the page server as {opts.name}, but asking "
+                           f"for its restore failed: {exc}") from None
+    finally:
+        await client.close()
 
 
 def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str) -> str:
@@ -164,7 +191,14 @@ def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str) -> st
         f"{res.uploaded_bytes / 1e6:.1f} MB uploaded in {res.upload_seconds * 1000:.0f} ms",
         f"downtime until the image was on the page server: "
         f"{res.downtime_seconds * 1000:.0f} ms",
-        "restore it on the other side with:",
-        f"  lazarus restore --lazy --page-server {hostport} --image {opts.name}",
     ]
+    if res.restored_pid:
+        lines.append(f"running on the page server's host as PID {res.restored_pid}; downtime "
+                     f"until then: {res.running_seconds * 1000:.0f} ms")
+        return "\n".join(lines)
+    if res.restore_refused:
+        lines.append(f"not restored there: {res.restore_refused}")
+    pidns = " --pidns" if opts.pidns else ""
+    lines += ["restore it on the other side with:",
+              f"  lazarus restore --lazy --page-server {hostport} --image {opts.name}{pidns}"]
     return "\n".join(lines)

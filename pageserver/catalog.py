@@ -501,6 +501,14 @@ class Catalog:
         except OSError as e:
             raise _not_found(f"image {image}: {e.strerror}") from e
 
+    def image_dir(self, image: str) -> Path:
+        """The directory of a stored image (not a live fork's, which has no pages on disk)."""
+        if self._is_live(image):
+            raise CatalogError(wire.Error.UNSUPPORTED,
+                               f"image {image} is a live fork: it cannot be restored here")
+        os.close(self._open_dir(image))
+        return self.root / image
+
     def list_files(self, image: str) -> list[tuple[str, int]]:
         if self._is_live(image):
             # Its pages are in no file: only a lazy restore can take them.

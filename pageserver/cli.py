@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hello-timeout", type=float, default=HELLO_TIMEOUT, metavar="SECONDS",
                    help=f"drop a client that has not said hello by then"
                         f" (default {HELLO_TIMEOUT:g})")
+    p.add_argument("--allow-restore", action="store_true",
+                   help="let clients have a stored image restored on this host (lazily, "
+                        "as root): the last step of `lazarus migrate`; needs --token-file")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -110,14 +113,15 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 
 async def _serve(images: Path, listen: list[tuple[str, int]], token: str | None,
-                 ctx: ssl.SSLContext | None, lz4: bool, hello_timeout: float) -> int:
+                 ctx: ssl.SSLContext | None, lz4: bool, hello_timeout: float,
+                 restore_command: list[str] | None) -> int:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = PageServer(images, token=token, ssl_context=ctx, lz4=lz4,
-                        hello_timeout=hello_timeout)
+                        hello_timeout=hello_timeout, restore_command=restore_command)
     try:
         addresses = await server.start(listen)
     except ServerError as e:
@@ -125,8 +129,9 @@ async def _serve(images: Path, listen: list[tuple[str, int]], token: str | None,
         return 1
     for host, port in addresses:
         log.info("listening on %s%s", format_addr(host, port), " (TLS)" if ctx else "")
-    log.info("serving images from %s%s", server.catalog.root,
-             ", token required" if token else "")
+    log.info("serving images from %s%s%s", server.catalog.root,
+             ", token required" if token else "",
+             ", restores them on request" if restore_command else "")
     try:
         await stop.wait()
     finally:
@@ -156,11 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--hello-timeout must be more than 0")
         token = read_token(args.token_file) if args.token_file else None
         ctx = tls_context(args.tls_cert, args.tls_key)
+        if args.allow_restore and token is None:
+            # Whoever may upload and restore images runs code here as root.
+            raise UsageError("--allow-restore needs --token-file")
+        restore_command = [sys.executable, "-m", "core.cli"] if args.allow_restore else None
     except UsageError as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1
     try:
-        return _run(_serve(images, listen, token, ctx, not args.no_lz4, args.hello_timeout))
+        return _run(_serve(images, listen, token, ctx, not args.no_lz4, args.hello_timeout,
+                           restore_command))
     except KeyboardInterrupt:
         return 0
 

@@ -586,6 +586,13 @@ class PageClient:
         await self._simple(wire.Request(put_working_set=wire.PutWorkingSet(
             image=image, data=data)), "working_set_stored")
 
+    async def restore_image(self, image: str, pidns: bool = False) -> tuple[int, float]:
+        """Have the server restore a stored image on its host (lazily, from its
+        copy); (restored PID as the server's host sees it, seconds it took)."""
+        resp = await self._simple(wire.Request(restore_image=wire.RestoreImage(
+            image=image, pidns=pidns)), "restored")
+        return resp.restored.pid, resp.restored.seconds
+
     async def get_file(self, image: str, name: str) -> bytes:
         """The raw bytes of one file of an image (inventory.img, process-PID.img, ...)."""
         parts: list[bytes] = []

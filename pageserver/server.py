@@ -48,6 +48,7 @@ from .protocol import (
     VersionMismatch,
     encode_pages_header,
 )
+from .restorer import RestoreFailed, restore_stored
 
 log = logging.getLogger("pageserver")
 
@@ -341,6 +342,14 @@ class _Session(asyncio.BufferedProtocol):
             catalog.put_working_set(w.image, w.data)
             self.write(self.conn.send_response(rid, wire.Response(
                 working_set_stored=wire.WorkingSetStored(bytes=len(w.data)))))
+        elif kind == "restore_image":
+            r = req.restore_image
+            command = self.server.restore_command
+            if command is None:
+                raise CatalogError(wire.Error.UNSUPPORTED,
+                                   "this page server does not restore images (start it with "
+                                   "--allow-restore)")
+            self._spawn(rid, self._restore(rid, command, catalog.image_dir(r.image), r.pidns))
         elif kind == "put_image":
             self.failed_uploads.discard(rid)
             self.uploads[rid] = catalog.begin_upload(req.put_image.name)
@@ -403,6 +412,19 @@ class _Session(asyncio.BufferedProtocol):
                                             crc32=p.crc32, end=fin)
             self.pages_served += p.nr_pages
         return out
+
+    async def _restore(self, rid: int, command: Sequence[str], directory: Path,
+                       pidns: bool) -> None:
+        try:
+            pid, seconds = await restore_stored(command, directory, pidns)
+        except RestoreFailed as e:
+            log.warning("client %s: %s", self.peer, e)
+            self.write(self.conn.send_error(rid, wire.Error.INTERNAL, str(e)))
+            return
+        log.info("client %s: restored image %s as PID %d in %.0f ms", self.peer,
+                 directory.name, pid, seconds * 1000)
+        self.write(self.conn.send_response(rid, wire.Response(
+            restored=wire.Restored(pid=pid, seconds=seconds))))
 
     async def _send_file(self, rid: int, fd: int) -> None:
         try:
@@ -608,8 +630,11 @@ class PageServer:
 
     def __init__(self, images: Path, *, token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, lz4: bool = True,
-                 hello_timeout: float = HELLO_TIMEOUT, sendfile: bool = True) -> None:
+                 hello_timeout: float = HELLO_TIMEOUT, sendfile: bool = True,
+                 restore_command: Sequence[str] | None = None) -> None:
         self.catalog = Catalog(images)
+        # `lazarus` to run for RestoreImage requests; None: they are refused.
+        self.restore_command = restore_command
         self.hello_timeout = hello_timeout
         self.sendfile = sendfile
         self.token = token

@@ -101,8 +101,16 @@ class PutWorkingSet(_message.Message):
     data: bytes
     def __init__(self, image: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class RestoreImage(_message.Message):
+    __slots__ = ("image", "pidns")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PIDNS_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    pidns: bool
+    def __init__(self, image: _Optional[str] = ..., pidns: _Optional[bool] = ...) -> None: ...
+
 class Request(_message.Message):
-    __slots__ = ("list_images", "list_files", "get_file", "get_pages", "stream_pages", "put_image", "put_file", "put_commit", "cancel", "put_working_set")
+    __slots__ = ("list_images", "list_files", "get_file", "get_pages", "stream_pages", "put_image", "put_file", "put_commit", "cancel", "put_working_set", "restore_image")
     LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     LIST_FILES_FIELD_NUMBER: _ClassVar[int]
     GET_FILE_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +121,7 @@ class Request(_message.Message):
     PUT_COMMIT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     PUT_WORKING_SET_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     list_images: ListImages
     list_files: ListFiles
     get_file: GetFile
@@ -123,7 +132,8 @@ class Request(_message.Message):
     put_commit: PutCommit
     cancel: Cancel
     put_working_set: PutWorkingSet
-    def __init__(self, list_images: _Optional[_Union[ListImages, _Mapping]] = ..., list_files: _Optional[_Union[ListFiles, _Mapping]] = ..., get_file: _Optional[_Union[GetFile, _Mapping]] = ..., get_pages: _Optional[_Union[GetPages, _Mapping]] = ..., stream_pages: _Optional[_Union[StreamPages, _Mapping]] = ..., put_image: _Optional[_Union[PutImage, _Mapping]] = ..., put_file: _Optional[_Union[PutFile, _Mapping]] = ..., put_commit: _Optional[_Union[PutCommit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., put_working_set: _Optional[_Union[PutWorkingSet, _Mapping]] = ...) -> None: ...
+    restore_image: RestoreImage
+    def __init__(self, list_images: _Optional[_Union[ListImages, _Mapping]] = ..., list_files: _Optional[_Union[ListFiles, _Mapping]] = ..., get_file: _Optional[_Union[GetFile, _Mapping]] = ..., get_pages: _Optional[_Union[GetPages, _Mapping]] = ..., stream_pages: _Optional[_Union[StreamPages, _Mapping]] = ..., put_image: _Optional[_Union[PutImage, _Mapping]] = ..., put_file: _Optional[_Union[PutFile, _Mapping]] = ..., put_commit: _Optional[_Union[PutCommit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., put_working_set: _Optional[_Union[PutWorkingSet, _Mapping]] = ..., restore_image: _Optional[_Union[RestoreImage, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -193,6 +203,14 @@ class PutDone(_message.Message):
     bytes: int
     def __init__(self, files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
+class Restored(_message.Message):
+    __slots__ = ("pid", "seconds")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    seconds: float
+    def __init__(self, pid: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class WorkingSetStored(_message.Message):
     __slots__ = ("bytes",)
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -200,7 +218,7 @@ class WorkingSetStored(_message.Message):
     def __init__(self, bytes: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("error", "images", "files", "stream_end", "put_ready", "put_done", "working_set_stored")
+    __slots__ = ("error", "images", "files", "stream_end", "put_ready", "put_done", "working_set_stored", "restored")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +226,7 @@ class Response(_message.Message):
     PUT_READY_FIELD_NUMBER: _ClassVar[int]
     PUT_DONE_FIELD_NUMBER: _ClassVar[int]
     WORKING_SET_STORED_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
     error: Error
     images: ImageList
     files: FileList
@@ -215,4 +234,5 @@ class Response(_message.Message):
     put_ready: PutReady
     put_done: PutDone
     working_set_stored: WorkingSetStored
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., images: _Optional[_Union[ImageList, _Mapping]] = ..., files: _Optional[_Union[FileList, _Mapping]] = ..., stream_end: _Optional[_Union[StreamEnd, _Mapping]] = ..., put_ready: _Optional[_Union[PutReady, _Mapping]] = ..., put_done: _Optional[_Union[PutDone, _Mapping]] = ..., working_set_stored: _Optional[_Union[WorkingSetStored, _Mapping]] = ...) -> None: ...
+    restored: Restored
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., images: _Optional[_Union[ImageList, _Mapping]] = ..., files: _Optional[_Union[FileList, _Mapping]] = ..., stream_end: _Optional[_Union[StreamEnd, _Mapping]] = ..., put_ready: _Optional[_Union[PutReady, _Mapping]] = ..., put_done: _Optional[_Union[PutDone, _Mapping]] = ..., working_set_stored: _Optional[_Union[WorkingSetStored, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ...) -> None: ...

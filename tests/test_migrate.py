@@ -3,11 +3,19 @@ real page server on loopback, and a lazy restore from there."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from pageserver import wire_pb2 as wire
+from pageserver.client import RemoteError
 from tests.conftest import LAZARUS, Procs, error_line, is_alive, lazarus, ok, wait_until
 from tests.test_lazy_remote import restore_lazy, served  # noqa: F401  (fixture)
 from tests.test_pageserver import ServerProc
@@ -28,6 +36,8 @@ def test_migrate_process_rewriting_its_memory(procs: Procs, tmp_path: Path,
     assert "pre-dump round 1:" in text and "final dump:" in text and "frozen for" in text
     assert f"lazarus restore --lazy --page-server {served.host}:{served.port} --image mig" \
         in text
+    # This server was not started with --allow-restore: the command says so.
+    assert "not restored there" in text and "--allow-restore" in text
     assert (served.images / "mig" / "inventory.img").is_file()
 
     pid = restore_lazy(served, "mig", tmp_path / "pid")
@@ -77,3 +87,71 @@ def test_migrate_failing_at_final_dump_leaves_process_running(
     os.kill(w.pid, signal.SIGUSR1)
     wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
     assert report_lines(out)[1].startswith("ok ")
+
+
+@pytest.fixture
+def restoring_server(tmp_path: Path) -> Iterator[tuple[ServerProc, Path]]:
+    """A page server that restores images on request (needs a token)."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-migrate\n")
+    images = tmp_path / "dest"
+    images.mkdir()
+    s = ServerProc(images, tmp_path / "dest.log", "--token-file", str(token), "--allow-restore")
+    yield s, token
+    s.kill()
+
+
+def test_migrate_ends_running_on_the_other_side(procs: Procs, tmp_path: Path,
+                                                restoring_server: tuple[ServerProc, Path]) -> None:
+    server, token = restoring_server
+    out = tmp_path / "report"
+    w = procs.python("rewriter", str(out), "--total", "48", "--hot", "16")
+    wait_until(lambda: report_lines(out) == ["ready"], 60, "the rewriter to fill its buffer")
+    res = ok(lazarus("migrate", "-t", str(w.pid), "--to", f"{server.host}:{server.port}",
+                     "--name", "moved", "--token-file", str(token), "--pidns", timeout=300))
+    assert w.popen is not None
+    w.reap()
+    m = re.search(r"running on the page server's host as PID (\d+); downtime until then: "
+                  r"(\d+) ms", res.stdout)
+    assert m is not None, res.stdout
+    pid = int(m.group(1))
+    procs.adopt(pid)
+    # In its own PID namespace (the original's PID may not be free yet on
+    # this host: it is our child), where it has its own PID again.
+    nspid = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("NSpid:"))
+    assert int(nspid.split()[-1]) == w.pid, nspid
+    assert "frozen for" in res.stdout
+    server.wait_log(f"restored image moved as PID {pid}")
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: len(report_lines(out)) == 2, 120, "the migrated rewriter's report")
+    assert report_lines(out)[1].startswith("ok "), report_lines(out)
+
+
+def test_restore_requests_refused_or_checked(tmp_path: Path,
+                                             restoring_server: tuple[ServerProc, Path],
+                                             served: ServerProc) -> None:  # noqa: F811
+    server, token = restoring_server
+
+    async def ask(s: ServerProc, name: str, **kw: str) -> RemoteError:
+        client = await s.connect(**kw)
+        try:
+            with pytest.raises(RemoteError) as info:
+                await client.restore_image(name)
+            return info.value
+        finally:
+            await client.close()
+
+    err = asyncio.run(ask(served, "anything"))
+    assert err.code == wire.Error.UNSUPPORTED and "--allow-restore" in str(err)
+    err = asyncio.run(ask(server, "nope", token=token.read_text().strip()))
+    assert err.code == wire.Error.NOT_FOUND
+    # A directory that is no image: the restore runs and fails, the reason comes back.
+    (server.images / "junk").mkdir()
+    err = asyncio.run(ask(server, "junk", token=token.read_text().strip()))
+    assert "restore of junk failed" in str(err) and "inventory" in str(err), str(err)
+    assert server.alive()
+    # --allow-restore without a token is refused at start.
+    res = subprocess.run([sys.executable, "-m", "pageserver.cli", "-D", str(tmp_path),
+                          "--allow-restore"], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0
+    assert res.stderr.strip() == "pageserver: error: --allow-restore needs --token-file"
