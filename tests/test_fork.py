@@ -40,10 +40,20 @@ from tests.conftest import (
 )
 from tests.test_lazy_remote import two_hosts  # noqa: F401 - a fixture used below
 from tests.test_trees import nspid, parent_of
+from core.fork import FORKS_DIR_ENV
 from tests.workloads.forkmem import expected_digest
 
 FORK_TIMEOUT = 60.0     # the fork command: serve every page, then end
 READY_TIMEOUT = 30.0    # the fork command prints where it serves
+
+
+@pytest.fixture(autouse=True)
+def forks_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fork commands of a test keep their state files in its own directory
+    (forks of other test runs on this machine may use the same names)."""
+    d = tmp_path / "forks"
+    monkeypatch.setenv(FORKS_DIR_ENV, str(d))
+    return d
 
 
 @dataclass
