@@ -404,6 +404,8 @@ def cmd_fork(args: argparse.Namespace) -> int:
                        token=token, ssl_context=tls)
 
     def ready(res: ForkResult) -> None:
+        for w in res.ctx.warnings:
+            log.warning("%s", w)
         where = " ".join(format_addr(h, p) for h, p in res.addresses)
         print(f"forked PID {opts.pid} ({len(res.ctx.procs)} process(es)): image "
               f"{opts.image_name} served on {where}", flush=True)

@@ -211,7 +211,8 @@ async def fork(opts: ForkOptions,
     server = PageServer(root, token=opts.token, ssl_context=opts.ssl_context)
     tracer = Tracer()
     ctx = DumpContext(opts=DumpOptions(pid=opts.pid, images_dir=root / opts.image_name,
-                                       leave_running=True, compress=False), tracer=tracer)
+                                       leave_running=True, compress=False,
+                                       drop_unshareable=True), tracer=tracer)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()         # abandoned: exit 1
     released = asyncio.Event()     # `lazarus fork --release NAME`: exit 0

@@ -63,9 +63,13 @@ def classify_vma(m: procfs.MapEntry) -> pb.Vma:
     return vma
 
 
-def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1) -> list[pb.FileDesc]:
-    """`skip`: lazarus's own dirty-tracking userfaultfd, not the process's."""
+def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1,
+                dropped: list[str] | None = None) -> list[pb.FileDesc]:
+    """`skip`: lazarus's own dirty-tracking userfaultfd, not the process's.
+    With `dropped` (remote fork), sockets other than unix ones are left out
+    and named there instead of refused."""
     out = []
+    kinds: dict[int, str] | None = None
     for fd in procfs.list_fds(pid):
         if fd == skip:
             continue
@@ -90,6 +94,11 @@ def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1) -> list[p
             desc.kind = pb.FileDesc.PIPE
         elif st.S_ISSOCK(info.st_mode) and info.st_ino in unix:
             desc.kind, desc.socket_ino = pb.FileDesc.UNIX_SOCKET, info.st_ino
+        elif st.S_ISSOCK(info.st_mode) and dropped is not None:
+            if kinds is None:
+                kinds = procfs.socket_kinds(pid)
+            dropped.append(f"PID {pid} fd {fd} ({kinds.get(info.st_ino, 'socket')})")
+            continue
         else:
             what = link.split(":")[0] if ":" in link else "special file"
             raise LazarusError(f"fd {fd} is a {what} ({link}): not supported yet")
@@ -178,7 +187,8 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
     return out
 
 
-def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1) -> None:
+def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1,
+                    dropped: list[str] | None = None) -> None:
     pid = ctx.pid
     proc = ctx.proc
     stat = procfs.read_stat(pid)
@@ -207,7 +217,7 @@ def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1) 
     for res in RLIMITS:
         soft, hard = resource.prlimit(pid, res)
         proc.rlimits.append(pb.Rlimit(resource=res, soft=soft & MASK64, hard=hard & MASK64))
-    proc.fds.extend(collect_fds(pid, unix, skip))
+    proc.fds.extend(collect_fds(pid, unix, skip, dropped))
 
     proc.shared_pending_signals.extend(
         info for info in pt.peek_siginfo(pid, shared=True)
@@ -312,10 +322,24 @@ def peek_queue(pid: int, fd: int, kind: int, size: int) -> list[bytes]:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
 
 
-def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
+def drop_socket(ctx: DumpContext, ino: int, why: str, dropped: list[str]) -> None:
+    """Remote fork: leave unix socket `ino` out of the image, in every process."""
+    for p in ctx.procs.values():
+        keep = [d for d in p.proc.fds if not (d.kind == pb.FileDesc.UNIX_SOCKET and
+                                              d.socket_ino == ino)]
+        for d in p.proc.fds:
+            if d not in keep:
+                dropped.append(f"PID {p.pid} fd {d.fd} (unix, {why})")
+        del p.proc.fds[:]
+        p.proc.fds.extend(keep)
+
+
+def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket],
+                      dropped: list[str] | None = None) -> None:
     """Unix sockets are supported as connected pairs whose both ends are in the
     tree (socketpair(2), or connect(2) to a listener of the tree: restored as a
-    pair, their names aside), with their queued messages, and as listeners."""
+    pair, their names aside), with their queued messages, and as listeners.
+    With `dropped` (remote fork), the others are left out and named there."""
     holders: dict[int, tuple[int, int]] = {}
     for p in ctx.procs.values():
         for desc in p.proc.fds:
@@ -327,11 +351,19 @@ def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
             continue
         sock = unix[ino]
         if sock.state == TCP_LISTEN:
+            if sock.rqueue and dropped is not None:
+                drop_socket(ctx, ino, "listening, connections not yet accepted", dropped)
+                done.add(ino)
+                continue
             if sock.rqueue:
                 raise LazarusError(f"fd {fd} of PID {pid} is a listening unix socket with "
                                    "connections not yet accepted: not supported yet")
             ctx.inventory.unix_listeners.append(
                 pb.UnixListener(ino=ino, type=sock.type, name=sock.name))
+            done.add(ino)
+            continue
+        if sock.peer not in holders and dropped is not None:
+            drop_socket(ctx, ino, "connected outside the tree", dropped)
             done.add(ino)
             continue
         if sock.peer not in holders:
@@ -365,6 +397,7 @@ def find_shared_files(ctx: DumpContext) -> None:
 
 def collect_sync(ctx: DumpContext) -> None:
     unix = unix_sockets()
+    dropped: list[str] | None = [] if ctx.opts.drop_unshareable else None
     for p in ctx.procs.values():
         if p.proc.zombie:
             p.proc.pid = p.pid
@@ -378,9 +411,12 @@ def collect_sync(ctx: DumpContext) -> None:
             else:
                 # A full dump of a pre-dumped process: tracking ends with it.
                 skip = p.tracking_fd = find_tracking_fd(p.pid)
-            collect_process(p, unix, skip)
+            collect_process(p, unix, skip, dropped)
     find_internal_pipes(ctx)
-    find_socket_pairs(ctx, unix)
+    find_socket_pairs(ctx, unix, dropped)
+    if dropped:
+        ctx.warnings.append("the copy will not have these sockets (closed in it; the "
+                            "original keeps them): " + ", ".join(dropped))
     find_shared_files(ctx)
     inv = ctx.inventory
     inv.root_pid = ctx.pid

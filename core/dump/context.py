@@ -25,6 +25,9 @@ class DumpOptions:
     image_name: str | None = None
     prev: Path | None = None       # parent image: store only what changed since it
     predump: bool = False          # memory only, copied while the process runs on
+    # Remote fork: leave out of the image (closed in the copy, with a warning)
+    # the sockets a copy cannot share or restore, instead of refusing them.
+    drop_unshareable: bool = False
 
 
 @dataclass

@@ -7,7 +7,9 @@ with bytes made from i, then prints ``i`` on stdout. On SIGUSR1 it prints
 ``sha N DIGEST``: N ticks done, DIGEST of both areas, which
 ``expected_digest(N)`` recomputes. So a copy of the process, taken at any
 moment, must print the next tick after the last one it had done, and its
-memory must hash as the replay says.
+memory must hash as the replay says. On SIGUSR2 it overwrites its whole heap
+once and prints ``scribbled`` (after which its own digest no longer replays:
+for a test that checks a copy made before).
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ SHARED_SIZE = 4 << 20
 INTERVAL = 0.02
 
 requested = False
+scribble = False
 
 
 def on_usr1(signum: int, frame: FrameType | None) -> None:
     global requested
     requested = True
+
+
+def on_usr2(signum: int, frame: FrameType | None) -> None:
+    global scribble
+    scribble = True
 
 
 def initial(heap_mib: int) -> tuple[bytearray, bytearray]:
@@ -57,9 +65,10 @@ def expected_digest(done: int, heap_mib: int = 64) -> str:
 
 
 def main() -> None:
-    global requested
+    global requested, scribble
     heap_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGUSR2, on_usr2)
     heap, first = initial(heap_mib)
     shared = mmap.mmap(-1, SHARED_SIZE)
     shared[:] = first
@@ -69,6 +78,10 @@ def main() -> None:
         if requested:
             requested = False
             print(f"sha {i} {digest(heap, shared)}", flush=True)
+        if scribble:
+            scribble = False
+            heap[:] = b"\xa5" * len(heap)
+            print("scribbled", flush=True)
         tick(i, heap, shared)
         print(i, flush=True)
         i += 1
