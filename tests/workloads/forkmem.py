@@ -25,6 +25,7 @@ from types import FrameType
 PAGE = mmap.PAGESIZE
 SHARED_SIZE = 4 << 20
 INTERVAL = 0.02
+CHUNK = 64 << 20
 
 requested = False
 scribble = False
@@ -42,7 +43,11 @@ def on_usr2(signum: int, frame: FrameType | None) -> None:
 
 def initial(heap_mib: int) -> tuple[bytearray, bytearray]:
     rng = random.Random(1234)
-    return bytearray(rng.randbytes(heap_mib << 20)), bytearray(rng.randbytes(SHARED_SIZE))
+    heap = bytearray()
+    # In chunks: randbytes of more than 256 MiB overflows (n * 8 bits in a C int).
+    for left in range(heap_mib << 20, 0, -CHUNK):
+        heap += rng.randbytes(min(left, CHUNK))
+    return heap, bytearray(rng.randbytes(SHARED_SIZE))
 
 
 def tick(i: int, heap: bytearray | mmap.mmap, shared: bytearray | mmap.mmap) -> None:
