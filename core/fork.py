@@ -32,7 +32,14 @@ from core.dump import fill_inventory
 from core.dump.collect import collect
 from core.dump.context import DumpContext, DumpOptions
 from core.dump.freeze import freeze, thaw, undo_freeze
-from core.dump.twin import kill_twins, make_twins, open_twin_memory, page_list
+from core.dump.twin import (
+    check_twin,
+    kill_twins,
+    make_twins,
+    open_twin_memory,
+    page_list,
+    prescan,
+)
 from core.errors import LazarusError
 from core.images import ImageWriter
 from core.kernel.tracer import Tracer
@@ -149,6 +156,7 @@ def publish(ctx: DumpContext, server: PageServer, name: str) -> list[LiveProcess
         for p in ctx.procs.values():
             twin = ctx.twins.get(p.pid)
             if twin is not None:
+                check_twin(ctx, twin)
                 p.proc.pages.extend(page_list(ctx, twin))
                 p.proc.pages_bytes = sum(b.length for b in p.proc.pages)
             writer.write_process(p.proc)
@@ -227,6 +235,8 @@ async def fork(opts: ForkOptions,
             addresses = await server.start(opts.listen)
         except ServerError as exc:
             raise LazarusError(str(exc)) from None
+        # Read while the tree runs: only what a frozen tree must not wait for.
+        await tracer.call(prescan, ctx)
         stats = await run_pipeline(FORK_STAGES, ctx)
         result = ForkResult(ctx, stats, addresses)
         entries = await tracer.call(publish, ctx, server, opts.image_name)

@@ -99,10 +99,11 @@ def contiguous(values: list[int], start: int | None = None) -> None:
     assert values == list(range(first, first + len(values))), values[:50]
 
 
-def start_forkmem(procs: Procs, tmp_path: Path, heap_mib: int = 64) -> tuple[Workload, Output]:
+def start_forkmem(procs: Procs, tmp_path: Path, heap_mib: int = 64,
+                  *extra: str) -> tuple[Workload, Output]:
     r, w = os.pipe()
-    wl = procs.start([PYTHON, str(WORKLOADS / "forkmem.py"), str(tmp_path), str(heap_mib)],
-                     "forkmem", stdout=w)
+    wl = procs.start([PYTHON, str(WORKLOADS / "forkmem.py"), str(tmp_path), str(heap_mib),
+                      *extra], "forkmem", stdout=w)
     os.close(w)
     return wl, Output(r)
 
@@ -276,10 +277,10 @@ def test_fork_interrupted_kills_the_twin(procs: Procs, tmp_path: Path) -> None:
 
 def test_fork_of_an_unsupported_process_fails_cleanly(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "counter.txt"
-    w = procs.python("counter", str(out), "--socket")
+    w = procs.python("counter", str(out), "--eventfd")
     wait_until(lambda: out.exists() and out.read_text().count("\n") >= 3, 15, "ticks")
-    res = lazarus("fork", "-t", str(w.pid), "--image", "sock", "--listen", "127.0.0.1:0")
-    assert "not supported" in error_line(res)
+    res = lazarus("fork", "-t", str(w.pid), "--image", "efd", "--listen", "127.0.0.1:0")
+    assert "eventfd" in error_line(res) and "not supported" in error_line(res)
     assert res.stdout == "", "never said it serves"
     assert children(w.pid) == [] and tracer_pid(w.pid) == 0 and is_alive(w.pid)
     n = out.read_text().count("\n")
@@ -547,3 +548,22 @@ def test_fork_command_killed_mid_restore(procs: Procs, tmp_path: Path,
     assert all(proc_state(c) in (None, "Z") for c in children(w.pid))
     assert is_alive(w.pid) and tracer_pid(w.pid) == 0
     contiguous(src.wait_numbers(len(src.numbers()) + 5), 0)
+
+
+@pytest.mark.parametrize("advice", ["dontfork", "wipeonfork"])
+def test_fork_of_memory_a_child_does_not_inherit(procs: Procs, tmp_path: Path,
+                                                 copy_out: tuple[int, Output],
+                                                 advice: str) -> None:
+    """A heap advised MADV_DONTFORK (absent from the twin) or MADV_WIPEONFORK
+    (empty in the twin) is copied while frozen: the copy still has it."""
+    w, src = start_forkmem(procs, tmp_path, 16, advice)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, advice)
+    at_fork = len(src.numbers())
+    pid = restore_copy(procs, tmp_path, port, advice, copy_out[0], src.ino)
+    finish(fork)
+    copy = copy_out[1].wait_numbers(5)
+    contiguous(copy)
+    assert 0 < copy[0] <= at_fork + 1
+    n, d = copy_out[1].digest(pid)
+    assert d == expected_digest(n, 16)

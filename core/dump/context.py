@@ -71,6 +71,9 @@ class DumpContext:
     killed_at: float = 0.0         # perf_counter when the SIGKILLs were sent (0: not killed)
     frozen_seconds: float = 0.0    # how long the process could not run
     twins: dict[int, Twin] = field(default_factory=dict)   # remote fork: by source PID
+    # Remote fork: VmFlags by start, per PID, read before the freeze (reading
+    # smaps walks the page tables: too slow to do frozen), checked afterwards.
+    vmflags: dict[int, dict[int, set[str]]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

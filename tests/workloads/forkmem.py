@@ -1,8 +1,10 @@
 """Memory that changes every tick in a way a test can replay: for remote fork.
 
-``python forkmem.py DIR [HEAP_MIB]`` (DIR only marks the process as the
-test's): a heap of HEAP_MIB (default 64) MiB and a 4 MiB shared anonymous
-mapping, both filled from a fixed seed. Tick i rewrites one page of each
+``python forkmem.py DIR [HEAP_MIB [dontfork|wipeonfork]]`` (DIR only marks
+the process as the test's): a heap of HEAP_MIB (default 64) MiB and a 4 MiB
+shared anonymous mapping, both filled from a fixed seed. With dontfork or
+wipeonfork the heap is a private anonymous mapping so advised (which a
+forked child does not get, or gets empty). Tick i rewrites one page of each
 with bytes made from i, then prints ``i`` on stdout. On SIGUSR1 it prints
 ``sha N DIGEST``: N ticks done, DIGEST of both areas, which
 ``expected_digest(N)`` recomputes. So a copy of the process, taken at any
@@ -26,6 +28,7 @@ PAGE = mmap.PAGESIZE
 SHARED_SIZE = 4 << 20
 INTERVAL = 0.02
 CHUNK = 64 << 20
+ADVICE = {"dontfork": 10, "wipeonfork": 18}   # MADV_*: Python 3.11 lacks WIPEONFORK
 
 requested = False
 scribble = False
@@ -71,10 +74,17 @@ def expected_digest(done: int, heap_mib: int = 64) -> str:
 
 def main() -> None:
     global requested, scribble
+    heap: bytearray | mmap.mmap
     heap_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     signal.signal(signal.SIGUSR1, on_usr1)
     signal.signal(signal.SIGUSR2, on_usr2)
     heap, first = initial(heap_mib)
+    advice = sys.argv[3] if len(sys.argv) > 3 else ""
+    if advice:
+        private = mmap.mmap(-1, len(heap), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        private[:] = heap
+        private.madvise(ADVICE[advice])
+        heap = private
     shared = mmap.mmap(-1, SHARED_SIZE)
     shared[:] = first
     del first
