@@ -39,6 +39,7 @@ from core.dump.twin import (
     open_twin_memory,
     page_list,
     prescan,
+    read_twin_state,
 )
 from core.errors import LazarusError
 from core.images import ImageWriter
@@ -157,6 +158,7 @@ def publish(ctx: DumpContext, server: PageServer, name: str) -> list[LiveProcess
             twin = ctx.twins.get(p.pid)
             if twin is not None:
                 check_twin(ctx, twin)
+                read_twin_state(ctx, twin)
                 p.proc.pages.extend(page_list(ctx, twin))
                 p.proc.pages_bytes = sum(b.length for b in p.proc.pages)
             writer.write_process(p.proc)
@@ -220,7 +222,8 @@ async def fork(opts: ForkOptions,
     tracer = Tracer()
     ctx = DumpContext(opts=DumpOptions(pid=opts.pid, images_dir=root / opts.image_name,
                                        leave_running=True, compress=False,
-                                       drop_unshareable=True), tracer=tracer)
+                                       drop_unshareable=True, state_from_twin=True),
+                    tracer=tracer)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()         # abandoned: exit 1
     released = asyncio.Event()     # `lazarus fork --release NAME`: exit 0

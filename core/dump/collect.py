@@ -106,10 +106,27 @@ def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1,
     return out
 
 
+def read_sigactions_brk(inj: Injector, mem: ProcMem, scratch: int,
+                        proc: pb.ProcessImage) -> None:
+    """The signal handlers and brk, by injection (scratch: a page of the task's)."""
+    for sig in range(1, K.NSIG + 1):
+        if sig in (K.SIGKILL, K.SIGSTOP):
+            continue
+        inj.syscall(K.SYS_RT_SIGACTION, sig, 0, scratch, 8)
+        act = KernelSigaction.from_buffer_copy(mem.read(scratch, 32))
+        if act.handler or act.flags or act.mask:
+            proc.sigactions.append(pb.SigAction(
+                signo=sig, handler=act.handler, flags=act.flags,
+                restorer=act.restorer, mask=act.mask))
+    proc.mm.brk = inj.syscall(K.SYS_BRK, 0)
+
+
 def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
-                         threads: dict[int, pb.ThreadState]) -> None:
+                         threads: dict[int, pb.ThreadState], sigactions: bool = True) -> None:
     """What can only be read from inside: sigactions, brk and timers from the
-    process; clear-tid address and alternate signal stack from each thread."""
+    process; clear-tid address and alternate signal stack from each thread.
+    Without `sigactions`, no sigactions nor brk (a remote fork reads them
+    from the twin, which has the same, once the process runs again)."""
     pid = ctx.pid
     code = next((m for m in maps if m.prot & K.PROT_EXEC and m.is_file), None)
     if code is None:
@@ -126,16 +143,8 @@ def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
         try:
             scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
                                   K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
-            for sig in range(1, K.NSIG + 1):
-                if sig in (K.SIGKILL, K.SIGSTOP):
-                    continue
-                inj.syscall(K.SYS_RT_SIGACTION, sig, 0, scratch, 8)
-                act = KernelSigaction.from_buffer_copy(mem.read(scratch, 32))
-                if act.handler or act.flags or act.mask:
-                    ctx.proc.sigactions.append(pb.SigAction(
-                        signo=sig, handler=act.handler, flags=act.flags,
-                        restorer=act.restorer, mask=act.mask))
-            ctx.proc.mm.brk = inj.syscall(K.SYS_BRK, 0)
+            if sigactions:
+                read_sigactions_brk(inj, mem, scratch, ctx.proc)
             for which in ITIMERS:
                 inj.syscall(K.SYS_GETITIMER, which, scratch)
                 i_sec, i_usec, v_sec, v_usec = struct.unpack("<4q", mem.read(scratch, 32))
@@ -188,7 +197,7 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
 
 
 def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1,
-                    dropped: list[str] | None = None) -> None:
+                    dropped: list[str] | None = None, sigactions: bool = True) -> None:
     pid = ctx.pid
     proc = ctx.proc
     stat = procfs.read_stat(pid)
@@ -239,7 +248,7 @@ def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1,
         thread.robust_list, thread.robust_list_len = get_robust_list(t.tid)
         thread.regs = pt.regs_to_bytes(fixed_up_regs(t.regs))
 
-    collect_by_injection(ctx, procfs.read_maps(pid), states)
+    collect_by_injection(ctx, procfs.read_maps(pid), states, sigactions)
     # Maps are read after the injection has cleaned up after itself.
     maps = procfs.read_maps(pid)
     proc.vmas.extend(classify_vma(m) for m in maps)
@@ -411,7 +420,7 @@ def collect_sync(ctx: DumpContext) -> None:
             else:
                 # A full dump of a pre-dumped process: tracking ends with it.
                 skip = p.tracking_fd = find_tracking_fd(p.pid)
-            collect_process(p, unix, skip, dropped)
+            collect_process(p, unix, skip, dropped, not ctx.opts.state_from_twin)
     find_internal_pipes(ctx)
     find_socket_pairs(ctx, unix, dropped)
     if dropped:

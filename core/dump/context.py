@@ -28,6 +28,8 @@ class DumpOptions:
     # Remote fork: leave out of the image (closed in the copy, with a warning)
     # the sockets a copy cannot share or restore, instead of refusing them.
     drop_unshareable: bool = False
+    # Remote fork: sigactions and brk are read from the twin after the release.
+    state_from_twin: bool = False
 
 
 @dataclass

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from core import procfs
+from core.dump.collect import read_sigactions_brk
 from core.dump.context import DumpContext, ProcDump
 from core.dump.freeze import freeze_process, thaw_process
 from core.dump.memory import DUMPED_KINDS, stored_runs
@@ -143,6 +144,33 @@ def check_twin(ctx: DumpContext, twin: Twin) -> None:
             raise LazarusError(
                 f"PID {twin.source} made its mapping at {vma.start:#x} MADV_DONTFORK or "
                 "MADV_WIPEONFORK during the fork: its twin does not hold it; fork again")
+
+
+def read_twin_state(ctx: DumpContext, twin: Twin) -> None:
+    """After the release: the signal handlers and brk of the process, from
+    its twin (fork copies both), so the frozen tree does not wait for 64
+    injected rt_sigaction calls."""
+    proc = ctx.procs[twin.source].proc
+    code = next((m for m in procfs.read_maps(twin.pid) if m.prot & K.PROT_EXEC and m.is_file),
+                None)
+    if code is None:
+        raise LazarusError(f"the twin of PID {twin.source} has no executable file mapping")
+    regs = pt.get_regs(twin.pid)
+    # Every signal is blocked in the twin (it was forked from our injected code).
+    try:
+        with ProcMem(twin.pid, writable=True) as mem:
+            inj = Injector(twin.pid, mem, regs, code.start)
+            scratch = 0
+            try:
+                scratch = inj.syscall(K.SYS_MMAP, 0, PAGE_SIZE, K.PROT_READ | K.PROT_WRITE,
+                                      K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
+                read_sigactions_brk(inj, mem, scratch, proc)
+            finally:
+                if scratch > 0:
+                    inj.syscall(K.SYS_MUNMAP, scratch, PAGE_SIZE)
+                inj.restore_code()
+    finally:
+        pt.set_regs(twin.pid, regs)
 
 
 def copy_frozen_pages(p: ProcDump, twin: Twin, shared_seen: set[int],
