@@ -411,7 +411,10 @@ def cmd_fork(args: argparse.Namespace) -> int:
               f"{opts.image_name} served on {where}", flush=True)
         if args.stats:
             print(f"the tree was frozen {res.frozen.total_seconds * 1000:.1f} ms:\n"
-                  f"{res.frozen.format()}", file=sys.stderr, flush=True)
+                  f"{res.frozen.format()}\n"
+                  f"  not frozen: VmFlags read before {res.prescan_seconds * 1000:.1f} ms, "
+                  f"twins read after {res.publish_seconds * 1000:.1f} ms",
+                  file=sys.stderr, flush=True)
 
     res = run_async(fork(opts, ready))
     if args.stats:

@@ -131,6 +131,10 @@ class ForkResult:
     pages: int = 0                       # pages served from the twins
     serve_seconds: float = 0.0
     restores: int = 0                    # restores that received every page
+    # Work kept out of the freeze: before it (VmFlags) and after the release
+    # (sigactions, brk and page lists from the twins, metadata written).
+    prescan_seconds: float = 0.0
+    publish_seconds: float = 0.0
     released: bool = False               # ended by `lazarus fork --release`
 
 
@@ -239,10 +243,14 @@ async def fork(opts: ForkOptions,
         except ServerError as exc:
             raise LazarusError(str(exc)) from None
         # Read while the tree runs: only what a frozen tree must not wait for.
+        t0 = time.perf_counter()
         await tracer.call(prescan, ctx)
+        t1 = time.perf_counter()
         stats = await run_pipeline(FORK_STAGES, ctx)
-        result = ForkResult(ctx, stats, addresses)
+        t2 = time.perf_counter()
+        result = ForkResult(ctx, stats, addresses, prescan_seconds=t1 - t0)
         entries = await tracer.call(publish, ctx, server, opts.image_name)
+        result.publish_seconds = time.perf_counter() - t2
         if ready is not None:
             ready(result)
         t0 = time.monotonic()
