@@ -233,6 +233,13 @@ def test_fork_refuses_bad_input_and_leaves_the_process_alone(procs: Procs,
                                               "--listen", "127.0.0.1:0"))
     assert "bad image name" in error_line(lazarus("fork", "-t", str(w.pid), "--image",
                                                   "../x", "--listen", "127.0.0.1:0"))
+    assert "needs -t PID" in error_line(lazarus("fork", "--name", "x", "--page-server",
+                                                "127.0.0.1:0"))
+    assert "--restores" in error_line(lazarus("fork", "-t", str(w.pid), "--name", "x",
+                                              "--page-server", "127.0.0.1:0", "--restores", "0"))
+    assert "--release NAME takes no" in error_line(lazarus("fork", "-t", str(w.pid),
+                                                           "--release", "x"))
+    assert "bad image name" in error_line(lazarus("fork", "--release", "../x"))
     # A port in use: fails before the process is touched.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
