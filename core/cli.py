@@ -388,36 +388,57 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from core.fork import ForkOptions, ForkResult, fork
+    from core.fork import ForkOptions, ForkResult, fork, release_fork
     from pageserver.cli import UsageError, read_token, tls_context
     from pageserver.client import parse_hostport
     from pageserver.server import format_addr
 
+    if args.release is not None:
+        if args.tree is not None or args.image or args.listen:
+            raise LazarusError("--release NAME takes no -t, --name or --page-server")
+        pid = release_fork(args.release)
+        print(f"released fork {args.release} (lazarus fork PID {pid})")
+        return 0
+    if args.tree is None or not args.image or not args.listen:
+        raise LazarusError("fork needs -t PID, --name NAME and --page-server HOST:PORT "
+                           "(or --release NAME)")
+    if args.restores < 1:
+        raise LazarusError("--restores must be 1 or more")
     try:
         listen = [parse_hostport(v) for v in args.listen]
         token = read_token(args.token_file) if args.token_file else None
         tls = tls_context(args.tls_cert, args.tls_key)
     except ValueError as exc:
-        raise LazarusError(f"--listen {exc}") from None
+        raise LazarusError(f"--page-server {exc}") from None
     except UsageError as exc:
         raise LazarusError(str(exc)) from None
     if not args.serve_timeout > 0:
         raise LazarusError("--serve-timeout must be more than 0")
     opts = ForkOptions(pid=args.tree, image_name=args.image, listen=listen,
-                       serve_timeout=args.serve_timeout, token=token, ssl_context=tls)
+                       serve_timeout=args.serve_timeout, restores=args.restores,
+                       token=token, ssl_context=tls)
 
     def ready(res: ForkResult) -> None:
+        for w in res.ctx.warnings:
+            log.warning("%s", w)
         where = " ".join(format_addr(h, p) for h, p in res.addresses)
         print(f"forked PID {opts.pid} ({len(res.ctx.procs)} process(es)): image "
               f"{opts.image_name} served on {where}", flush=True)
         if args.stats:
             print(f"the tree was frozen {res.frozen.total_seconds * 1000:.1f} ms:\n"
-                  f"{res.frozen.format()}", file=sys.stderr, flush=True)
+                  f"{res.frozen.format()}\n"
+                  f"  not frozen: VmFlags read before {res.prescan_seconds * 1000:.1f} ms, "
+                  f"twins read after {res.publish_seconds * 1000:.1f} ms",
+                  file=sys.stderr, flush=True)
 
     res = run_async(fork(opts, ready))
     if args.stats:
         print(f"  served {res.pages * 4096 / 1e6:.1f} MB of pages from the twins in "
-              f"{res.serve_seconds:.2f} s", file=sys.stderr)
+              f"{res.serve_seconds:.2f} s to {res.restores} complete restore(s)",
+              file=sys.stderr)
+    if res.released:
+        print(f"lazarus: fork {opts.image_name} released ({res.restores} complete "
+              "restore(s)): its twins were killed", file=sys.stderr)
     return 0
 
 
@@ -577,13 +598,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stats", action="store_true", help="print per-stage times and bytes")
     r.set_defaults(func=cmd_restore)
 
-    f = sub.add_parser("fork", help="copy a running process to another host while it runs on")
-    f.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
+    f = sub.add_parser(
+        "fork", help="copy a running process to another host while it runs on",
+        description="Freeze the tree briefly, fork a stopped copy-on-write twin of each "
+        "process, let the tree run on, and serve the copy as image NAME. This command is "
+        "itself the page server on the source host (pages are read from the twins, "
+        "nothing is written to disk); restore anywhere with `lazarus restore --lazy "
+        "--page-server HOST:PORT --image NAME`.")
+    f.add_argument("-t", "--tree", type=int, metavar="PID",
                    help="process to fork (with its descendants)")
-    f.add_argument("--image", required=True, metavar="NAME",
-                   help="the name the fork is served under")
-    f.add_argument("--listen", action="append", required=True, metavar="HOST:PORT",
-                   help="serve the fork there (repeatable; port 0 picks one, printed)")
+    f.add_argument("--name", "--image", dest="image", metavar="NAME",
+                   help="the name the fork is served under (restore --image NAME)")
+    f.add_argument("--page-server", "--listen", dest="listen", action="append",
+                   metavar="HOST:PORT",
+                   help="where this command serves the fork's pages itself, as the page "
+                        "server of the source host (repeatable; port 0 picks one, printed)")
+    f.add_argument("--restores", type=int, default=1, metavar="N",
+                   help="keep the twins until N restores have each received every page "
+                        "(default 1; restores started meanwhile are served to the end)")
+    f.add_argument("--release", metavar="NAME",
+                   help="end the running fork NAME now (from another shell): its twins are "
+                        "killed and it exits 0")
     f.add_argument("--token-file", metavar="FILE", help="clients must present this token")
     f.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     f.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")

@@ -155,3 +155,32 @@ def is_alive(pid: int) -> bool:
         return read_stat(pid).state not in ("Z", "X")
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+# /proc/PID/net tables that list sockets with an inode, and the column it is in
+# (-1: the last one). TCP states by the hex code of their "st" column.
+_SOCKET_TABLES = {"tcp": 9, "tcp6": 9, "udp": 9, "udp6": 9, "udplite": 9, "udplite6": 9,
+                  "raw": 9, "raw6": 9, "netlink": -1, "packet": -1}
+_TCP_STATES = {"01": "connected", "0A": "listening"}
+
+
+def socket_kinds(pid: int) -> dict[int, str]:
+    """A short name (e.g. "tcp listening", "udp6", "netlink") of every socket
+    of PID's network namespace that /proc/PID/net lists, by inode."""
+    out: dict[int, str] = {}
+    for table, col in _SOCKET_TABLES.items():
+        try:
+            lines = proc(pid, "net", table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            try:
+                ino = int(f[col])
+            except (IndexError, ValueError):
+                continue
+            kind = table
+            if table.startswith("tcp"):
+                kind += f" {_TCP_STATES.get(f[3], 'state ' + f[3])}"
+            out[ino] = kind
+    return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import LazarusError
@@ -15,6 +16,9 @@ class ServerAddress:
     port: int
     token: str | None = None
     tls_ca: str | None = None
+    # Names every connection of one command to the server: a live fork tells
+    # the restores that received all their pages apart by it.
+    restore_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
 
     @classmethod
     def from_options(cls, hostport: str, token_file: str | None,
@@ -35,6 +39,7 @@ class ServerAddress:
     async def connect(self, timeout: float = 10.0) -> PageClient:
         try:
             return await PageClient.connect(self.host, self.port, token=self.token,
-                                            tls_ca=self.tls_ca, timeout=timeout)
+                                            tls_ca=self.tls_ca, timeout=timeout,
+                                            restore=self.restore_id)
         except PageServerError as exc:
             raise LazarusError(str(exc)) from None

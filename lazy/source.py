@@ -71,10 +71,12 @@ class RemotePageSource:
 
     def __init__(self, host: str, port: int, image: str, pid: int, *,
                  token: str | None = None, tls_ca: str | None = None,
-                 lazy_timeout: float = 30.0, client: PageClient | None = None) -> None:
+                 lazy_timeout: float = 30.0, client: PageClient | None = None,
+                 restore_id: str = "") -> None:
         self.host, self.port, self.image, self.pid = host, port, image, pid
         self.token, self.tls_ca = token, tls_ca
         self.lazy_timeout = lazy_timeout
+        self.restore_id = restore_id
         self.name = f"page server {f'[{host}]' if ':' in host else host}:{port}"
         self.bytes_fetched = 0
         self._client = client
@@ -90,7 +92,7 @@ class RemotePageSource:
             if self._client is None:
                 self._client = await PageClient.connect(
                     self.host, self.port, token=self.token, tls_ca=self.tls_ca,
-                    timeout=min(10.0, self.lazy_timeout))
+                    timeout=min(10.0, self.lazy_timeout), restore=self.restore_id)
             return self._client
 
     async def _drop(self, client: PageClient) -> None:

@@ -130,6 +130,11 @@ class ProcessPages:
     def close(self) -> None:
         os.close(self.fd)
 
+    def note_sent(self, who: str, pieces: list[Piece]) -> None:
+        """These pieces went to the restore `who` (see live.py: only a live
+        fork counts them)."""
+        return None
+
     def check_range(self, vaddr: int, nr_pages: int) -> None:
         end = vaddr + nr_pages * PAGE_SIZE
         where = f"[{vaddr:#x}, {end:#x})"

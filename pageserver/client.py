@@ -305,12 +305,14 @@ class PageClient:
     @classmethod
     async def connect(cls, host: str, port: int, *, token: str | None = None,
                       tls_ca: str | None = None, lz4: bool = True, timeout: float = 10.0,
-                      verify: bool = False) -> PageClient:
+                      verify: bool = False, restore: str = "") -> PageClient:
         """Connect, (TLS,) and do the handshake, all within ``timeout`` seconds.
 
         ``verify``: also check the stored checksum of every whole block
         received (the server already checks each block before it first
         sends it; this adds an end-to-end check at some CPU cost).
+        ``restore``: the id of the restore this connection serves (see
+        ClientHello.restore).
         """
         self = cls(host, port, verify)
         ctx: ssl.SSLContext | None = None
@@ -326,7 +328,7 @@ class PageClient:
                     server_hostname=host if ctx is not None else None)
                 assert self.transport is not None
                 self._send(self.conn.send_hello(
-                    token, [FEATURE_LZ4] if lz4 else [], CLIENT_NAME))
+                    token, [FEATURE_LZ4] if lz4 else [], CLIENT_NAME, restore))
                 await self._hello
         except TimeoutError:
             self._abort()

@@ -5,7 +5,9 @@ A block's ``offset`` is its virtual address: the twin's memory file
 (/proc/TWIN/mem) is read like a pages file, raw, at that offset. Blocks copied
 while the source was frozen (memory the twin cannot hold as it was) come
 from those copies instead. The entry counts the pages it has sent at least
-once, so its owner knows when the twin is no longer needed.
+once, and per restore (the id its connections give in their hello) the
+pages that restore received, so its owner knows when the twin is no longer
+needed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class LiveProcessPages(ProcessPages):
         self.total_pages = total
         self.sent = bytearray(total)
         self.pages_sent = 0
+        # Per restore id: the pages it received, and how many ([count]).
+        self.by_restore: dict[str, tuple[bytearray, list[int]]] = {}
         self._lock = threading.Lock()     # streams mark pages from the read pool
 
     @property
@@ -91,20 +95,41 @@ class LiveProcessPages(ProcessPages):
         self._fill(fd, mv, offset)
         return mv
 
+    def complete_for(self, who: str) -> bool:
+        """Whether the restore `who` received every page of this process."""
+        if not self.total_pages:
+            return True
+        seen = self.by_restore.get(who)
+        return seen is not None and seen[1][0] >= self.total_pages
+
+    def _set(self, bitmap: bytearray, pieces: list[Piece]) -> int:
+        """Mark the pages of `pieces` in `bitmap`; how many were not yet."""
+        new = 0
+        for p in pieces:
+            if p.data is None:
+                continue
+            i = bisect.bisect_right(self.starts, p.vaddr) - 1
+            first = self.first_page[i] + (p.vaddr - self.by_vaddr[i].vaddr) // PAGE_SIZE
+            n = bitmap[first : first + p.nr_pages].count(0)
+            if n:
+                bitmap[first : first + p.nr_pages] = b"\x01" * p.nr_pages
+                new += n
+        return new
+
+    def note_sent(self, who: str, pieces: list[Piece]) -> None:
+        with self._lock:
+            seen = self.by_restore.get(who)
+            if seen is None:
+                seen = self.by_restore[who] = (bytearray(self.total_pages), [0])
+            seen[1][0] += self._set(seen[0], pieces)
+
     def _mark(self, pieces: list[Piece]) -> list[Piece]:
         """Give each piece a crc and count the pages sent for the first time."""
         with self._lock:
             for p in pieces:
-                if p.data is None:
-                    continue
-                p.crc32 = zlib.crc32(p.data)
-                i = bisect.bisect_right(self.starts, p.vaddr) - 1
-                first = self.first_page[i] + (p.vaddr - self.by_vaddr[i].vaddr) // PAGE_SIZE
-                span = self.sent[first : first + p.nr_pages]
-                new = span.count(0)
-                if new:
-                    self.sent[first : first + p.nr_pages] = b"\x01" * p.nr_pages
-                    self.pages_sent += new
+                if p.data is not None:
+                    p.crc32 = zlib.crc32(p.data)
+            self.pages_sent += self._set(self.sent, pieces)
         return pieces
 
     def get_range(self, vaddr: int, nr_pages: int, lz4_ok: bool,

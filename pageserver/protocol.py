@@ -598,9 +598,10 @@ class ClientConnection(_Connection):
     # -- sending
 
     def send_hello(self, token: str | None = None, features: Iterable[str] = (),
-                   client: str = "") -> bytes:
+                   client: str = "", restore: str = "") -> bytes:
         msg = wire.ClientHello(protocol_version=PROTOCOL_VERSION, token=token or "",
-                               features=sorted(set(features)), client=client)
+                               features=sorted(set(features)), client=client,
+                               restore=restore)
         return encode_control(FrameType.HELLO, 0, msg)
 
     def send_request(self, request_id: int, request: wire.Request) -> bytes:

@@ -82,6 +82,8 @@ class _Session(asyncio.BufferedProtocol):
         self.bytes_out = 0
         self.pages_served = 0
         self.reason: str | None = None       # why the session was dropped or refused
+        # The restore this connection belongs to, from its hello (or itself alone).
+        self.restore = f"connection-{id(self)}"
         self.closed = False
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.uploads: dict[int, Upload] = {}
@@ -298,6 +300,8 @@ class _Session(asyncio.BufferedProtocol):
             if not hmac.compare_digest(hello.token.encode(), token.encode()):
                 self._refuse(wire.Error.UNAUTHENTICATED, "wrong token")
                 return
+        if hello.restore:
+            self.restore = hello.restore
         features = [f for f in hello.features if f == FEATURE_LZ4 and self.server.lz4]
         self.write(self.conn.send_server_hello(features, SERVER_NAME))
 
@@ -319,6 +323,7 @@ class _Session(asyncio.BufferedProtocol):
             scratch.reset()
             pieces = entry.get_range(g.vaddr, g.nr_pages, self.conn.lz4, scratch)
             self.writelines(self._frames(rid, pieces, end=True))
+            entry.note_sent(self.restore, pieces)
             if self.transport is not None and self.transport.get_write_buffer_size():
                 # Not all sent at once: the transport still holds views of the
                 # scratch buffer, so the next request gets a new one.
@@ -599,6 +604,7 @@ class _Session(asyncio.BufferedProtocol):
                 inflight.popleft()
                 await fill()
                 self.writelines(self._frames(rid, pieces, end=False))
+                entry.note_sent(self.restore, pieces)
                 sent_mark[what] = self.bytes_out
                 frames += len(pieces)
                 pages += sum(p.nr_pages for p in pieces)

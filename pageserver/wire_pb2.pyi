@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientHello(_message.Message):
-    __slots__ = ("protocol_version", "token", "features", "client")
+    __slots__ = ("protocol_version", "token", "features", "client", "restore")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     token: str
     features: _containers.RepeatedScalarFieldContainer[str]
     client: str
-    def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., client: _Optional[str] = ...) -> None: ...
+    restore: str
+    def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., client: _Optional[str] = ..., restore: _Optional[str] = ...) -> None: ...
 
 class ServerHello(_message.Message):
     __slots__ = ("protocol_version", "features", "server", "max_frame_payload", "max_request_pages")

@@ -9,7 +9,7 @@ sleeps): the stall the process itself saw. Per round:
 
 1. `lazarus dump --leave-running -D DIR --stats` (the tree is frozen from
    the freeze to the end of the write): frozen time and the stall seen.
-2. `lazarus fork --listen 127.0.0.1:0 --stats`: frozen time and the stall
+2. `lazarus fork --page-server 127.0.0.1:0 --stats`: frozen time and the stall
    seen; then `restore --lazy --pidns -d` from it (time until the copy runs),
    the fork command's end (every page served, twins gone), and the copy's
    sha256 of its buffer checked against the original's.
@@ -119,8 +119,8 @@ class Bench:
         dump_stall = float(self.ask(pid, signal.SIGUSR2, state, "gap"))
         shutil.rmtree(img)
 
-        fork = subprocess.Popen([LAZARUS, "fork", "-t", str(pid), "--image", f"b{n}",
-                                 "--listen", "127.0.0.1:0", "--stats"], text=True,
+        fork = subprocess.Popen([LAZARUS, "fork", "-t", str(pid), "--name", f"b{n}",
+                                 "--page-server", "127.0.0.1:0", "--stats"], text=True,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         self.started.append(fork.pid)

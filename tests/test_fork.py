@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from core.fork import FORKS_DIR_ENV
 from tests.conftest import (
     LAZARUS,
     LAZARUS_TIMEOUT,
@@ -31,6 +32,7 @@ from tests.conftest import (
     Workload,
     children,
     error_line,
+    fd_targets,
     is_alive,
     lazarus,
     ok,
@@ -44,6 +46,15 @@ from tests.workloads.forkmem import expected_digest
 
 FORK_TIMEOUT = 60.0     # the fork command: serve every page, then end
 READY_TIMEOUT = 30.0    # the fork command prints where it serves
+
+
+@pytest.fixture(autouse=True)
+def forks_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fork commands of a test keep their state files in its own directory
+    (forks of other test runs on this machine may use the same names)."""
+    d = tmp_path / "forks"
+    monkeypatch.setenv(FORKS_DIR_ENV, str(d))
+    return d
 
 
 @dataclass
@@ -88,10 +99,11 @@ def contiguous(values: list[int], start: int | None = None) -> None:
     assert values == list(range(first, first + len(values))), values[:50]
 
 
-def start_forkmem(procs: Procs, tmp_path: Path, heap_mib: int = 64) -> tuple[Workload, Output]:
+def start_forkmem(procs: Procs, tmp_path: Path, heap_mib: int = 64,
+                  *extra: str) -> tuple[Workload, Output]:
     r, w = os.pipe()
-    wl = procs.start([PYTHON, str(WORKLOADS / "forkmem.py"), str(tmp_path), str(heap_mib)],
-                     "forkmem", stdout=w)
+    wl = procs.start([PYTHON, str(WORKLOADS / "forkmem.py"), str(tmp_path), str(heap_mib),
+                      *extra], "forkmem", stdout=w)
     os.close(w)
     return wl, Output(r)
 
@@ -100,8 +112,8 @@ def start_fork(procs: Procs, pid: int, name: str, *extra: str, host: str = "127.
                prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """`lazarus fork` on a free port of `host` (run through `prefix`, e.g. in a
     network namespace); returns it once it serves, and the port."""
-    p = subprocess.Popen([*prefix, LAZARUS, "fork", "-t", str(pid), "--image", name,
-                          "--listen", f"{host}:0", *extra],
+    p = subprocess.Popen([*prefix, LAZARUS, "fork", "-t", str(pid), "--name", name,
+                          "--page-server", f"{host}:0", *extra],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     procs.track(p)
@@ -129,11 +141,12 @@ def finish(p: subprocess.Popen[bytes]) -> str:
 
 
 def restore_copy(procs: Procs, tmp_path: Path, port: int, name: str, out_fd: int,
-                 pipe_ino: int, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> int:
-    pidfile = tmp_path / f"{name}.pid"
+                 pipe_ino: int, host: str = "127.0.0.1", prefix: tuple[str, ...] = (),
+                 extra: tuple[str, ...] = (), tag: str = "") -> int:
+    pidfile = tmp_path / f"{name}{tag}.pid"
     argv = [*prefix, LAZARUS, "restore", "--lazy", "--page-server", f"{host}:{port}",
             "--image", name, "--pidns", "-d", "--pidfile", str(pidfile),
-            "--inherit-fd", f"fd[{out_fd}]:pipe:[{pipe_ino}]"]
+            "--inherit-fd", f"fd[{out_fd}]:pipe:[{pipe_ino}]", *extra]
     res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          timeout=LAZARUS_TIMEOUT, pass_fds=(out_fd,))
     ok(res)
@@ -220,6 +233,13 @@ def test_fork_refuses_bad_input_and_leaves_the_process_alone(procs: Procs,
                                               "--listen", "127.0.0.1:0"))
     assert "bad image name" in error_line(lazarus("fork", "-t", str(w.pid), "--image",
                                                   "../x", "--listen", "127.0.0.1:0"))
+    assert "needs -t PID" in error_line(lazarus("fork", "--name", "x", "--page-server",
+                                                "127.0.0.1:0"))
+    assert "--restores" in error_line(lazarus("fork", "-t", str(w.pid), "--name", "x",
+                                              "--page-server", "127.0.0.1:0", "--restores", "0"))
+    assert "--release NAME takes no" in error_line(lazarus("fork", "-t", str(w.pid),
+                                                           "--release", "x"))
+    assert "bad image name" in error_line(lazarus("fork", "--release", "../x"))
     # A port in use: fails before the process is touched.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -264,10 +284,10 @@ def test_fork_interrupted_kills_the_twin(procs: Procs, tmp_path: Path) -> None:
 
 def test_fork_of_an_unsupported_process_fails_cleanly(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "counter.txt"
-    w = procs.python("counter", str(out), "--socket")
+    w = procs.python("counter", str(out), "--eventfd")
     wait_until(lambda: out.exists() and out.read_text().count("\n") >= 3, 15, "ticks")
-    res = lazarus("fork", "-t", str(w.pid), "--image", "sock", "--listen", "127.0.0.1:0")
-    assert "not supported" in error_line(res)
+    res = lazarus("fork", "-t", str(w.pid), "--image", "efd", "--listen", "127.0.0.1:0")
+    assert "eventfd" in error_line(res) and "not supported" in error_line(res)
     assert res.stdout == "", "never said it serves"
     assert children(w.pid) == [] and tracer_pid(w.pid) == 0 and is_alive(w.pid)
     n = out.read_text().count("\n")
@@ -334,3 +354,223 @@ def test_fork_to_another_host(procs: Procs, tmp_path: Path, copy_out: tuple[int,
     assert 0 < copy[0] <= at_fork + 1
     n, d = copy_out[1].digest(pid)
     assert d == expected_digest(n, 32)
+
+
+# ------------------------------------------------------------------ release, restores
+
+
+def test_fork_release_ends_it_and_a_name_runs_once(procs: Procs, tmp_path: Path) -> None:
+    w, src = start_forkmem(procs, tmp_path, 8)
+    src.wait_numbers(3)
+    fork, _ = start_fork(procs, w.pid, "rel")
+    twin = children(w.pid)[0]
+    # The name is taken while it runs: a second fork of it touches nothing.
+    res = lazarus("fork", "-t", str(w.pid), "--name", "rel", "--page-server", "127.0.0.1:0")
+    assert "already running" in error_line(res)
+    assert children(w.pid) == [twin] and fork.poll() is None
+    assert "no running fork named nope" in error_line(lazarus("fork", "--release", "nope"))
+    res = ok(lazarus("fork", "--release", "rel"))
+    assert "released fork rel" in res.stdout
+    err = finish(fork)       # exit 0
+    assert "released" in err
+    assert children(w.pid) == [] and proc_state(twin) is None
+    # Its state file went with it: the name is free, and unknown again.
+    assert "no running fork named rel" in error_line(lazarus("fork", "--release", "rel"))
+    contiguous(src.wait_numbers(len(src.numbers()) + 5), 0)
+
+
+def test_two_restores_of_one_fork(procs: Procs, tmp_path: Path) -> None:
+    """--restores 2: the twin lives until two restores have each received
+    every page; both copies go on from the fork point, memory intact."""
+    w, src = start_forkmem(procs, tmp_path, 16)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, "twice", "--restores", "2", "--stats")
+    at_fork = len(src.numbers())
+    pipes = [os.pipe() for _ in range(2)]
+    outs = [Output(r) for r, _ in pipes]
+    try:
+        first = restore_copy(procs, tmp_path, port, "twice", pipes[0][1], src.ino, tag="1")
+        n, d = outs[0].digest(first)       # touches every page of the heap
+        assert d == expected_digest(n, 16)
+        time.sleep(1.0)                    # the push ends: one restore has everything
+        assert fork.poll() is None, "still serving: one restore of two"
+        assert len(children(w.pid)) == 1
+        second = restore_copy(procs, tmp_path, port, "twice", pipes[1][1], src.ino, tag="2")
+        err = finish(fork)
+        assert "to 2 complete restore(s)" in err
+        assert children(w.pid) == []
+        for pid, out in zip((first, second), outs, strict=True):
+            copy = out.wait_numbers(5)
+            contiguous(copy)
+            assert 0 < copy[0] <= at_fork + 1
+            n, d = out.digest(pid)
+            assert d == expected_digest(n, 16)
+    finally:
+        for _, wr in pipes:
+            os.close(wr)
+
+
+def test_second_restore_started_meanwhile_is_served_to_the_end(
+        procs: Procs, tmp_path: Path) -> None:
+    """--restores 1 (the default) with two restores at once: the second one,
+    connected before the first has all its pages, is served to its end too."""
+    w, src = start_forkmem(procs, tmp_path, 16)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, "both")
+    pipes = [os.pipe() for _ in range(2)]
+    outs = [Output(r) for r, _ in pipes]
+    try:
+        # The first one's background push waits 2 s: it is not done when the second starts.
+        first = restore_copy(procs, tmp_path, port, "both", pipes[0][1], src.ino, tag="1",
+                             extra=("--push-delay", "2"))
+        second = restore_copy(procs, tmp_path, port, "both", pipes[1][1], src.ino, tag="2")
+        finish(fork)
+        assert children(w.pid) == []
+        for pid, out in zip((first, second), outs, strict=True):
+            contiguous(out.wait_numbers(5))
+            n, d = out.digest(pid)
+            assert d == expected_digest(n, 16)
+    finally:
+        for _, wr in pipes:
+            os.close(wr)
+
+
+# ------------------------------------------------------------------ sockets
+
+
+def socket_fds(pid: int) -> list[int]:
+    return sorted(fd for fd, link in fd_targets(pid).items() if link.startswith("socket:"))
+
+
+def test_fork_leaves_tcp_sockets_out_of_the_copy(procs: Procs, tmp_path: Path,
+                                                 copy_out: tuple[int, Output]) -> None:
+    with socket.socket() as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.listen()
+        peer.settimeout(10)
+        r, wfd = os.pipe()
+        w = procs.start([PYTHON, str(WORKLOADS / "netcounter.py"), str(tmp_path),
+                         str(peer.getsockname()[1])], "netcounter", stdout=wfd)
+        os.close(wfd)
+        src = Output(r)
+        conn, _ = peer.accept()
+        with conn:
+            conn.settimeout(10)
+            src.wait_numbers(5)
+            listen_port = int(next(x for x in src.lines if x.startswith("listening")).split()[1])
+            fds = socket_fds(w.pid)
+            assert len(fds) == 2
+            # A plain dump refuses them, as before; the process is left running.
+            assert "not supported" in error_line(lazarus(
+                "dump", "-t", str(w.pid), "-D", str(tmp_path / "img"), "--leave-running"))
+            fork, port = start_fork(procs, w.pid, "net")
+            at_fork = len(src.numbers())
+            pid = restore_copy(procs, tmp_path, port, "net", copy_out[0], src.ino)
+            err = finish(fork)
+            warning = next(x for x in err.splitlines() if "will not have these sockets" in x)
+            assert f"PID {w.pid} fd {fds[0]} (tcp " in warning
+            assert f"PID {w.pid} fd {fds[1]} (tcp " in warning
+            assert "tcp listening" in warning and "tcp connected" in warning
+            # The copy has no socket, notices, and counts on from the fork.
+            assert socket_fds(pid) == []
+            copy = copy_out[1]
+            wait_until(lambda: "sockets gone" in copy.lines, 15, "the copy to see no sockets")
+            numbers = copy.wait_numbers(10)
+            contiguous(numbers)
+            assert 0 < numbers[0] <= at_fork + 1
+            # The original still has both, working.
+            assert socket_fds(w.pid) == fds and "sockets gone" not in src.lines
+            with socket.create_connection(("127.0.0.1", listen_port), timeout=10) as c:
+                assert c.makefile().readline().startswith("hello ")
+            conn.sendall(b"ping\n")
+            assert conn.makefile().readline().startswith("pong ")
+            contiguous(src.wait_numbers(len(src.numbers()) + 5), 0)
+
+
+# ------------------------------------------------------------------ big, failures
+
+
+def test_fork_of_256_mib_while_the_original_rewrites_it(
+        procs: Procs, tmp_path: Path, copy_out: tuple[int, Output]) -> None:
+    """The original overwrites its whole heap right after the fork: the copy
+    still gets the memory as it was at the fork (held by the twin)."""
+    w, src = start_forkmem(procs, tmp_path, 256)
+    src.wait_numbers(5, timeout=60)
+    fork, port = start_fork(procs, w.pid, "big")
+    at_fork = len(src.numbers())
+    os.kill(w.pid, signal.SIGUSR2)
+    wait_until(lambda: "scribbled" in src.lines, 30, "the original to rewrite its heap")
+    pid = restore_copy(procs, tmp_path, port, "big", copy_out[0], src.ino)
+    finish(fork)
+    assert children(w.pid) == []
+    copy = copy_out[1].wait_numbers(5)
+    contiguous(copy)
+    assert 0 < copy[0] <= at_fork + 1
+    n, d = copy_out[1].digest(pid, timeout=60)
+    assert d == expected_digest(n, 256)
+    assert is_alive(w.pid)
+
+
+def test_fork_command_killed_mid_restore(procs: Procs, tmp_path: Path,
+                                         copy_out: tuple[int, Output]) -> None:
+    """The source host's page server (the fork command) dies while the copy
+    still lacks pages: the copy is killed within --lazy-timeout, the restore
+    says why, the original runs on and no twin is left."""
+    w, src = start_forkmem(procs, tmp_path, 64)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, "lost")
+    twin = children(w.pid)[0]
+    pidfile = tmp_path / "lost.pid"
+    # No -d: the command serves pages itself, so it can say why it gave up.
+    restore = subprocess.Popen(
+        [LAZARUS, "restore", "--lazy", "--page-server", f"127.0.0.1:{port}", "--image", "lost",
+         "--pidns", "--pidfile", str(pidfile), "--inherit-fd",
+         f"fd[{copy_out[0]}]:pipe:[{src.ino}]", "--lazy-timeout", "2", "--push-delay", "60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        pass_fds=(copy_out[0],))
+    procs.track(restore)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 30,
+               "the copy to run")
+    pid = int(pidfile.read_text())
+    procs.adopt(pid)
+    procs.adopt(parent_of(pid), Path(PYTHON))
+    copy_out[1].wait_numbers(3)
+    fork.kill()
+    t0 = time.monotonic()
+    fork.wait(timeout=10)
+    os.kill(pid, signal.SIGUSR1)        # hash all memory: faults nobody can answer
+    _, err = restore.communicate(timeout=30)
+    wait_until(lambda: not is_alive(pid), 10, "the copy to be killed")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2 + 8, f"the copy was killed {elapsed:.1f} s after the server died"
+    assert restore.returncode != 0
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("lazarus: error: lost page server"), err.decode()
+    assert "killed restored process" in last
+    assert not any(x.startswith("sha ") for x in copy_out[1].lines), \
+        "a missing page must never read as zeros"
+    # The twin died with the fork command (PTRACE_O_EXITKILL): at most a zombie
+    # is left, waiting for its parent (nobody can reap it from outside).
+    wait_until(lambda: proc_state(twin) in (None, "Z"), 10, "the twin to die")
+    assert all(proc_state(c) in (None, "Z") for c in children(w.pid))
+    assert is_alive(w.pid) and tracer_pid(w.pid) == 0
+    contiguous(src.wait_numbers(len(src.numbers()) + 5), 0)
+
+
+@pytest.mark.parametrize("advice", ["dontfork", "wipeonfork"])
+def test_fork_of_memory_a_child_does_not_inherit(procs: Procs, tmp_path: Path,
+                                                 copy_out: tuple[int, Output],
+                                                 advice: str) -> None:
+    """A heap advised MADV_DONTFORK (absent from the twin) or MADV_WIPEONFORK
+    (empty in the twin) is copied while frozen: the copy still has it."""
+    w, src = start_forkmem(procs, tmp_path, 16, advice)
+    src.wait_numbers(10)
+    fork, port = start_fork(procs, w.pid, advice)
+    at_fork = len(src.numbers())
+    pid = restore_copy(procs, tmp_path, port, advice, copy_out[0], src.ino)
+    finish(fork)
+    copy = copy_out[1].wait_numbers(5)
+    contiguous(copy)
+    assert 0 < copy[0] <= at_fork + 1
+    n, d = copy_out[1].digest(pid)
+    assert d == expected_digest(n, 16)

@@ -63,9 +63,13 @@ def classify_vma(m: procfs.MapEntry) -> pb.Vma:
     return vma
 
 
-def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1) -> list[pb.FileDesc]:
-    """`skip`: lazarus's own dirty-tracking userfaultfd, not the process's."""
+def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1,
+                dropped: list[str] | None = None) -> list[pb.FileDesc]:
+    """`skip`: lazarus's own dirty-tracking userfaultfd, not the process's.
+    With `dropped` (remote fork), sockets other than unix ones are left out
+    and named there instead of refused."""
     out = []
+    kinds: dict[int, str] | None = None
     for fd in procfs.list_fds(pid):
         if fd == skip:
             continue
@@ -90,6 +94,11 @@ def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1) -> list[p
             desc.kind = pb.FileDesc.PIPE
         elif st.S_ISSOCK(info.st_mode) and info.st_ino in unix:
             desc.kind, desc.socket_ino = pb.FileDesc.UNIX_SOCKET, info.st_ino
+        elif st.S_ISSOCK(info.st_mode) and dropped is not None:
+            if kinds is None:
+                kinds = procfs.socket_kinds(pid)
+            dropped.append(f"PID {pid} fd {fd} ({kinds.get(info.st_ino, 'socket')})")
+            continue
         else:
             what = link.split(":")[0] if ":" in link else "special file"
             raise LazarusError(f"fd {fd} is a {what} ({link}): not supported yet")
@@ -97,10 +106,27 @@ def collect_fds(pid: int, unix: dict[int, UnixSocket], skip: int = -1) -> list[p
     return out
 
 
+def read_sigactions_brk(inj: Injector, mem: ProcMem, scratch: int,
+                        proc: pb.ProcessImage) -> None:
+    """The signal handlers and brk, by injection (scratch: a page of the task's)."""
+    for sig in range(1, K.NSIG + 1):
+        if sig in (K.SIGKILL, K.SIGSTOP):
+            continue
+        inj.syscall(K.SYS_RT_SIGACTION, sig, 0, scratch, 8)
+        act = KernelSigaction.from_buffer_copy(mem.read(scratch, 32))
+        if act.handler or act.flags or act.mask:
+            proc.sigactions.append(pb.SigAction(
+                signo=sig, handler=act.handler, flags=act.flags,
+                restorer=act.restorer, mask=act.mask))
+    proc.mm.brk = inj.syscall(K.SYS_BRK, 0)
+
+
 def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
-                         threads: dict[int, pb.ThreadState]) -> None:
+                         threads: dict[int, pb.ThreadState], sigactions: bool = True) -> None:
     """What can only be read from inside: sigactions, brk and timers from the
-    process; clear-tid address and alternate signal stack from each thread."""
+    process; clear-tid address and alternate signal stack from each thread.
+    Without `sigactions`, no sigactions nor brk (a remote fork reads them
+    from the twin, which has the same, once the process runs again)."""
     pid = ctx.pid
     code = next((m for m in maps if m.prot & K.PROT_EXEC and m.is_file), None)
     if code is None:
@@ -117,16 +143,8 @@ def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
         try:
             scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
                                   K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
-            for sig in range(1, K.NSIG + 1):
-                if sig in (K.SIGKILL, K.SIGSTOP):
-                    continue
-                inj.syscall(K.SYS_RT_SIGACTION, sig, 0, scratch, 8)
-                act = KernelSigaction.from_buffer_copy(mem.read(scratch, 32))
-                if act.handler or act.flags or act.mask:
-                    ctx.proc.sigactions.append(pb.SigAction(
-                        signo=sig, handler=act.handler, flags=act.flags,
-                        restorer=act.restorer, mask=act.mask))
-            ctx.proc.mm.brk = inj.syscall(K.SYS_BRK, 0)
+            if sigactions:
+                read_sigactions_brk(inj, mem, scratch, ctx.proc)
             for which in ITIMERS:
                 inj.syscall(K.SYS_GETITIMER, which, scratch)
                 i_sec, i_usec, v_sec, v_usec = struct.unpack("<4q", mem.read(scratch, 32))
@@ -178,7 +196,8 @@ def fixed_up_regs(regs: pt.Regs) -> pt.Regs:
     return out
 
 
-def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1) -> None:
+def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1,
+                    dropped: list[str] | None = None, sigactions: bool = True) -> None:
     pid = ctx.pid
     proc = ctx.proc
     stat = procfs.read_stat(pid)
@@ -207,7 +226,7 @@ def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1) 
     for res in RLIMITS:
         soft, hard = resource.prlimit(pid, res)
         proc.rlimits.append(pb.Rlimit(resource=res, soft=soft & MASK64, hard=hard & MASK64))
-    proc.fds.extend(collect_fds(pid, unix, skip))
+    proc.fds.extend(collect_fds(pid, unix, skip, dropped))
 
     proc.shared_pending_signals.extend(
         info for info in pt.peek_siginfo(pid, shared=True)
@@ -229,7 +248,7 @@ def collect_process(ctx: ProcDump, unix: dict[int, UnixSocket], skip: int = -1) 
         thread.robust_list, thread.robust_list_len = get_robust_list(t.tid)
         thread.regs = pt.regs_to_bytes(fixed_up_regs(t.regs))
 
-    collect_by_injection(ctx, procfs.read_maps(pid), states)
+    collect_by_injection(ctx, procfs.read_maps(pid), states, sigactions)
     # Maps are read after the injection has cleaned up after itself.
     maps = procfs.read_maps(pid)
     proc.vmas.extend(classify_vma(m) for m in maps)
@@ -312,10 +331,24 @@ def peek_queue(pid: int, fd: int, kind: int, size: int) -> list[bytes]:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
 
 
-def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
+def drop_socket(ctx: DumpContext, ino: int, why: str, dropped: list[str]) -> None:
+    """Remote fork: leave unix socket `ino` out of the image, in every process."""
+    for p in ctx.procs.values():
+        keep = [d for d in p.proc.fds if not (d.kind == pb.FileDesc.UNIX_SOCKET and
+                                              d.socket_ino == ino)]
+        for d in p.proc.fds:
+            if d not in keep:
+                dropped.append(f"PID {p.pid} fd {d.fd} (unix, {why})")
+        del p.proc.fds[:]
+        p.proc.fds.extend(keep)
+
+
+def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket],
+                      dropped: list[str] | None = None) -> None:
     """Unix sockets are supported as connected pairs whose both ends are in the
     tree (socketpair(2), or connect(2) to a listener of the tree: restored as a
-    pair, their names aside), with their queued messages, and as listeners."""
+    pair, their names aside), with their queued messages, and as listeners.
+    With `dropped` (remote fork), the others are left out and named there."""
     holders: dict[int, tuple[int, int]] = {}
     for p in ctx.procs.values():
         for desc in p.proc.fds:
@@ -327,11 +360,19 @@ def find_socket_pairs(ctx: DumpContext, unix: dict[int, UnixSocket]) -> None:
             continue
         sock = unix[ino]
         if sock.state == TCP_LISTEN:
+            if sock.rqueue and dropped is not None:
+                drop_socket(ctx, ino, "listening, connections not yet accepted", dropped)
+                done.add(ino)
+                continue
             if sock.rqueue:
                 raise LazarusError(f"fd {fd} of PID {pid} is a listening unix socket with "
                                    "connections not yet accepted: not supported yet")
             ctx.inventory.unix_listeners.append(
                 pb.UnixListener(ino=ino, type=sock.type, name=sock.name))
+            done.add(ino)
+            continue
+        if sock.peer not in holders and dropped is not None:
+            drop_socket(ctx, ino, "connected outside the tree", dropped)
             done.add(ino)
             continue
         if sock.peer not in holders:
@@ -365,6 +406,7 @@ def find_shared_files(ctx: DumpContext) -> None:
 
 def collect_sync(ctx: DumpContext) -> None:
     unix = unix_sockets()
+    dropped: list[str] | None = [] if ctx.opts.drop_unshareable else None
     for p in ctx.procs.values():
         if p.proc.zombie:
             p.proc.pid = p.pid
@@ -378,9 +420,12 @@ def collect_sync(ctx: DumpContext) -> None:
             else:
                 # A full dump of a pre-dumped process: tracking ends with it.
                 skip = p.tracking_fd = find_tracking_fd(p.pid)
-            collect_process(p, unix, skip)
+            collect_process(p, unix, skip, dropped, not ctx.opts.state_from_twin)
     find_internal_pipes(ctx)
-    find_socket_pairs(ctx, unix)
+    find_socket_pairs(ctx, unix, dropped)
+    if dropped:
+        ctx.warnings.append("the copy will not have these sockets (closed in it; the "
+                            "original keeps them): " + ", ".join(dropped))
     find_shared_files(ctx)
     inv = ctx.inventory
     inv.root_pid = ctx.pid

@@ -26,6 +26,11 @@ class DumpOptions:
     prev: Path | None = None       # parent image: store only what changed since it
     predump: bool = False          # memory only, copied while the process runs on
     progress: TextIO | None = None  # where to draw a progress bar (a terminal), if anywhere
+    # Remote fork: leave out of the image (closed in the copy, with a warning)
+    # the sockets a copy cannot share or restore, instead of refusing them.
+    drop_unshareable: bool = False
+    # Remote fork: sigactions and brk are read from the twin after the release.
+    state_from_twin: bool = False
 
 
 @dataclass
@@ -69,6 +74,9 @@ class DumpContext:
     killed_at: float = 0.0         # perf_counter when the SIGKILLs were sent (0: not killed)
     frozen_seconds: float = 0.0    # how long the process could not run
     twins: dict[int, Twin] = field(default_factory=dict)   # remote fork: by source PID
+    # Remote fork: VmFlags by start, per PID, read before the freeze (reading
+    # smaps walks the page tables: too slow to do frozen), checked afterwards.
+    vmflags: dict[int, dict[int, set[str]]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

@@ -6,7 +6,9 @@ the process itself runs on at once, and pages are read from the twin
 (/proc/TWIN/mem) at leisure. Memory the twin does not hold as it was is
 copied while the tree is still frozen: shared mappings (the process keeps
 writing them) and mappings fork does not copy or wipes (MADV_DONTFORK,
-MADV_WIPEONFORK).
+MADV_WIPEONFORK). Which mappings those are is read from smaps before the
+freeze (smaps walks the page tables: 20 ms per GiB); a mapping that became
+one meanwhile is caught after the release, from the twin, and fails the fork.
 
 A twin is a clone child with no exit signal: its parent is not signalled
 about it and a plain wait() never sees it. It is traced by us with
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from core import procfs
+from core.dump.collect import read_sigactions_brk
 from core.dump.context import DumpContext, ProcDump
 from core.dump.freeze import freeze_process, thaw_process
 from core.dump.memory import DUMPED_KINDS, stored_runs
@@ -116,10 +119,67 @@ def split_run(addr: int, npages: int) -> list[tuple[int, int]]:
             for i in range(0, npages, BLOCK_PAGES)]
 
 
-def copy_frozen_pages(p: ProcDump, twin: Twin, shared_seen: set[int]) -> int:
+def prescan(ctx: DumpContext) -> None:
+    """Before the freeze, while the tree runs: the VmFlags of each process."""
+    queue = [ctx.pid]
+    while queue:
+        pid = queue.pop()
+        try:
+            ctx.vmflags[pid] = procfs.read_vmflags(pid)
+            queue += procfs.children(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue      # gone (or no such PID: the freeze says so)
+
+
+def check_twin(ctx: DumpContext, twin: Twin) -> None:
+    """After the release: every mapping whose pages are read from the twin
+    must be in the twin as it was (a mapping made MADV_DONTFORK or
+    WIPEONFORK after the pre-scan is missing or empty there)."""
+    held = procfs.read_vmflags(twin.pid)
+    for vma in ctx.procs[twin.source].proc.vmas:
+        if vma.kind not in DUMPED_KINDS or vma.start in twin.frozen_vmas:
+            continue
+        flags = held.get(vma.start)
+        if flags is None or flags & NOT_INHERITED:
+            raise LazarusError(
+                f"PID {twin.source} made its mapping at {vma.start:#x} MADV_DONTFORK or "
+                "MADV_WIPEONFORK during the fork: its twin does not hold it; fork again")
+
+
+def read_twin_state(ctx: DumpContext, twin: Twin) -> None:
+    """After the release: the signal handlers and brk of the process, from
+    its twin (fork copies both), so the frozen tree does not wait for 64
+    injected rt_sigaction calls."""
+    proc = ctx.procs[twin.source].proc
+    code = next((m for m in procfs.read_maps(twin.pid) if m.prot & K.PROT_EXEC and m.is_file),
+                None)
+    if code is None:
+        raise LazarusError(f"the twin of PID {twin.source} has no executable file mapping")
+    regs = pt.get_regs(twin.pid)
+    # Every signal is blocked in the twin (it was forked from our injected code).
+    try:
+        with ProcMem(twin.pid, writable=True) as mem:
+            inj = Injector(twin.pid, mem, regs, code.start)
+            scratch = 0
+            try:
+                scratch = inj.syscall(K.SYS_MMAP, 0, PAGE_SIZE, K.PROT_READ | K.PROT_WRITE,
+                                      K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
+                read_sigactions_brk(inj, mem, scratch, proc)
+            finally:
+                if scratch > 0:
+                    inj.syscall(K.SYS_MUNMAP, scratch, PAGE_SIZE)
+                inj.restore_code()
+    finally:
+        pt.set_regs(twin.pid, regs)
+
+
+def copy_frozen_pages(p: ProcDump, twin: Twin, shared_seen: set[int],
+                      flags: dict[int, set[str]] | None) -> int:
     """Copy now, from the frozen process, the pages of the mappings the twin
-    does not hold as they are; returns the bytes copied."""
-    flags = procfs.read_vmflags(p.pid)
+    does not hold as they are; returns the bytes copied. `flags`: VmFlags
+    from the pre-scan (None: read now)."""
+    if flags is None:
+        flags = procfs.read_vmflags(p.pid)
     total = 0
     pagemap_fd = os.open(procfs.proc(p.pid, "pagemap"), os.O_RDONLY)
     try:
@@ -152,7 +212,7 @@ def make_twins_sync(ctx: DumpContext) -> int:
         if p.proc.zombie:
             continue
         twin = ctx.twins[p.pid] = Twin(p.pid, 0)
-        total += copy_frozen_pages(p, twin, shared_seen)
+        total += copy_frozen_pages(p, twin, shared_seen, ctx.vmflags.get(p.pid))
         twin.pid = make_twin(p)
     return total
 

@@ -149,11 +149,13 @@ async def read_remote_image(ctx: RestoreContext) -> None:
         pid = p.proc.pid
         p.source = RemotePageSource(server.host, server.port, image, pid, token=server.token,
                                     tls_ca=server.tls_ca, lazy_timeout=ctx.opts.lazy_timeout,
-                                    client=client if i == 0 else None)
+                                    client=client if i == 0 else None,
+                                    restore_id=server.restore_id)
         # A second connection for the bulk push, so faults never wait behind it.
         p.push_source = RemotePageSource(server.host, server.port, image, pid,
                                          token=server.token, tls_ca=server.tls_ca,
-                                         lazy_timeout=ctx.opts.lazy_timeout)
+                                         lazy_timeout=ctx.opts.lazy_timeout,
+                                         restore_id=server.restore_id)
 
 
 async def read_image(ctx: RestoreContext) -> None:

@@ -8,6 +8,7 @@ Options for the tests of limits and of exit status:
   --thread                         run a second (sleeping) thread
   --child                          fork a child that lives as long as we do
   --socket                         hold a TCP socket listening on loopback
+  --eventfd                        hold an eventfd (which nothing restores)
   --no-append                      write through a plain O_WRONLY fd (its offset matters)
   --quirks                         change comm, umask, an rlimit, signal dispositions
                                    and mask, so that restore must put them all back
@@ -54,12 +55,15 @@ def main() -> int:
     p.add_argument("--thread", action="store_true")
     p.add_argument("--child", action="store_true")
     p.add_argument("--socket", action="store_true")
+    p.add_argument("--eventfd", action="store_true")
     p.add_argument("--quirks", action="store_true")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
 
     if args.quirks:
         quirks()
+    if args.eventfd:
+        KEEP.append(os.eventfd(0))
     if args.socket:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
