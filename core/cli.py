@@ -101,6 +101,8 @@ def cmd_predump(args: argparse.Namespace) -> int:
                        prev=Path(args.prev) if args.prev else None,
                        progress=terminal_stream(args.quiet))
     ctx, stats = run_async(predump(opts))
+    for w in ctx.warnings:
+        log.warning("%s", w)
     procs = [p.proc for p in ctx.procs.values()]
     raw = sum(proc.pages_bytes for proc in procs)
     print(f"pre-dump of PID {opts.pid}: {raw / 1e6:.1f} MB of pages copied, frozen for "

@@ -300,3 +300,24 @@ def test_memory_emptied_between_rounds_reads_zero(procs: Procs, tmp_path: Path) 
     os.kill(pid, signal.SIGUSR2)
     wait_until(lambda: len(report_lines(out)) == 3, 30, "the restored workload's check")
     assert report_lines(out)[2] == "ok"
+
+
+def test_predump_without_prev_starts_over(procs: Procs, tmp_path: Path) -> None:
+    log = tmp_path / "count.log"
+    w = procs.python("counter", str(log), "--interval", "0.02")
+    wait_lines(log, 5)
+    first, again, final = tmp_path / "first", tmp_path / "again", tmp_path / "final"
+    predump(w.pid, first)
+    res = predump(w.pid, again)          # no --prev: a new chain
+    assert "ended the dirty tracking of an earlier pre-dump" in res.stderr
+    assert len(uffd_fds(w.pid)) == 1, "the old tracking fd must be closed, not leaked"
+    desc = show_json(again)
+    procs_desc = desc["processes"]
+    assert isinstance(procs_desc, list)
+    assert not desc["parent"] and procs_desc[0]["pages_inherited"] == 0
+    assert procs_desc[0]["pages_stored"] > 0
+    dump(w, final, "--prev", str(again))
+    before = read_counter(log)
+    pid = restore_detached(final, tmp_path / "pid")
+    procs.adopt(pid)
+    assert_exact(wait_lines(log, len(before) + 10))

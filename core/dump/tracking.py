@@ -186,6 +186,14 @@ def track_process(ctx: DumpContext, p: ProcDump) -> None:
                                f"(fd {fd}) of --prev: make a full dump instead")
         p.tracking_fd = fd
     elif ctx.opts.predump:
+        old = find_tracking_fd(pid)
+        if old >= 0:
+            # A pre-dump without --prev starts over: the tracking of an
+            # earlier chain would else mark pages inherited from no parent.
+            p.tracking_fd = old
+            close_tracking_fd(p)
+            ctx.warnings.append(f"PID {pid}: ended the dirty tracking of an earlier pre-dump "
+                                "(continue a chain with --prev DIR); this one starts over")
         p.tracking_fd = create_tracking_fd(p)
         p.tracking_created = True
     else:
