@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -122,7 +123,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                           progress=terminal_stream(args.quiet),
                           restore=not args.no_restore, pidns=args.pidns)
     res = run_async(migrate(opts))
-    print(format_result(opts, res, args.to))
+    access = "".join(f" {flag} {shlex.quote(value)}" for flag, value in
+                     (("--token-file", args.token_file), ("--tls-ca", args.tls_ca)) if value)
+    print(format_result(opts, res, args.to, access))
     return 0
 
 

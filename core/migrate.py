@@ -95,7 +95,15 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         # Checked before anything is frozen: an unreachable server ends the
         # migration while the process still runs untouched.
         client = await opts.server.connect()
-        await client.close()
+        try:
+            # Checked now too: the final upload comes after the process is gone.
+            if opts.name in await client.list_images():
+                raise LazarusError(f"image {opts.name} already exists on the page server: "
+                                   "choose another --name")
+        except PageServerError as exc:
+            raise LazarusError(f"page server: {exc}") from None
+        finally:
+            await client.close()
         prev: Path | None = None
         while len(res.rounds) < opts.max_rounds:
             d = work / f"pre-{len(res.rounds)}"
@@ -154,7 +162,8 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         return res
     except BaseException:
         if keep:
-            log.warning("image chain kept in %s", work)
+            log.warning("image chain kept in %s (restore it with lazarus restore -D %s)",
+                        work, work / "final")
         raise
     finally:
         if not keep and opts.work_dir is None:
@@ -180,7 +189,10 @@ async def restore_there(opts: MigrateOptions, res: MigrateResult, frozen_at: flo
         await client.close()
 
 
-def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str) -> str:
+def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str,
+                  access: str = "") -> str:
+    """What migrate prints; ``access``: the client options the printed restore
+    command needs (--token-file, --tls-ca), as typed."""
     lines = [f"pre-dump round {i + 1}: {r.bytes_copied / 1e6:.1f} MB copied in "
              f"{r.seconds * 1000:.0f} ms, frozen for {r.frozen_seconds * 1000:.1f} ms"
              for i, r in enumerate(res.rounds)]
@@ -200,5 +212,6 @@ def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str) -> st
         lines.append(f"not restored there: {res.restore_refused}")
     pidns = " --pidns" if opts.pidns else ""
     lines += ["restore it on the other side with:",
-              f"  lazarus restore --lazy --page-server {hostport} --image {opts.name}{pidns}"]
+              f"  lazarus restore --lazy --page-server {hostport} --image {opts.name}"
+              f"{access}{pidns}"]
     return "\n".join(lines)

@@ -155,3 +155,19 @@ def test_restore_requests_refused_or_checked(tmp_path: Path,
                           "--allow-restore"], capture_output=True, text=True, timeout=30)
     assert res.returncode != 0
     assert res.stderr.strip() == "pageserver: error: --allow-restore needs --token-file"
+
+
+def test_migrate_to_a_taken_name_leaves_process_running(
+        procs: Procs, tmp_path: Path, served: ServerProc) -> None:  # noqa: F811
+    out = tmp_path / "report"
+    w = procs.python("rewriter", str(out), "--total", "8", "--hot", "4")
+    wait_until(lambda: report_lines(out) == ["ready"], 30, "the rewriter to fill its buffer")
+    (served.images / "taken").mkdir()
+    (served.images / "taken" / "inventory.img").write_bytes(b"")
+    line = error_line(lazarus("migrate", "-t", str(w.pid), "--to",
+                              f"{served.host}:{served.port}", "--name", "taken"))
+    assert "image taken already exists on the page server" in line
+    assert is_alive(w.pid) and uffd_fds(w.pid) == []
+    os.kill(w.pid, signal.SIGUSR1)
+    wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
+    assert report_lines(out)[1].startswith("ok ")
