@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from core.check import run_checks
 from core.errors import LazarusError
@@ -501,9 +501,35 @@ def add_server_options(p: argparse.ArgumentParser, what: str) -> None:
                    "certificate with (turns TLS on)")
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lazarus",
-                                description="Checkpoint and restore Linux processes.")
+    p = Parser(prog="lazarus", description="Checkpoint and restore Linux processes.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -548,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--token-file", metavar="FILE", help="token the page server asks for")
     m.add_argument("--tls-ca", metavar="FILE", help="CA to check the page server's TLS "
                    "certificate with (turns TLS on)")
-    m.add_argument("--max-rounds", type=int, default=5, metavar="N",
+    m.add_argument("--max-rounds", type=positive_int, default=5, metavar="N",
                    help="pre-dump rounds at most (default 5; fewer once the pages written "
                         "per round stop shrinking)")
     m.add_argument("--work-dir", metavar="DIR",
@@ -581,15 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "then be restored several times at once")
     r.add_argument("--lazy", action="store_true",
                    help="start the process at once and fault its memory in on demand")
-    r.add_argument("--fault-around", type=int, default=64, metavar="PAGES",
+    r.add_argument("--fault-around", type=positive_int, default=64, metavar="PAGES",
                    help="pages served per page fault in lazy mode (default 64)")
-    r.add_argument("--lazy-timeout", type=float, default=30.0, metavar="SECONDS",
+    r.add_argument("--lazy-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="how long a lost page server may stay lost before the restored "
                         "process is killed (default 30)")
     r.add_argument("--record-working-set", action="store_true",
                    help="with --lazy: record the pages the process faults on and keep them "
                         "beside the image (workingset.img) for later warm restores")
-    r.add_argument("--record-seconds", type=float, default=5.0, metavar="SECONDS",
+    r.add_argument("--record-seconds", type=positive_float, default=5.0, metavar="SECONDS",
                    help="with --record-working-set: record faults for this long after the "
                         "release; the background push waits until then (default 5)")
     r.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
@@ -618,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="HOST:PORT",
                    help="where this command serves the fork's pages itself, as the page "
                         "server of the source host (repeatable; port 0 picks one, printed)")
-    f.add_argument("--restores", type=int, default=1, metavar="N",
+    f.add_argument("--restores", type=positive_int, default=1, metavar="N",
                    help="keep the twins until N restores have each received every page "
                         "(default 1; restores started meanwhile are served to the end)")
     f.add_argument("--release", metavar="NAME",
@@ -627,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--token-file", metavar="FILE", help="clients must present this token")
     f.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     f.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    f.add_argument("--serve-timeout", type=float, default=300.0, metavar="SECONDS",
+    f.add_argument("--serve-timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="give up, killing the twins, if no client has taken every page by "
                         "then (default 300)")
     f.add_argument("--stats", action="store_true",

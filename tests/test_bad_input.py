@@ -414,3 +414,18 @@ def test_restore_pristine_copy_works(procs: Procs, dumped: dict[str, Dumped], tm
     wait_lines(d.out, len(at_dump) + 5)
     assert_exact(read_counter(d.out))
 
+
+
+def test_dump_refuses_a_thread_an_ancestor_and_init(procs: Procs, tmp_path: Path) -> None:
+    w = procs.python("counter", str(tmp_path / "count.log"), "--thread")
+    wait_until(lambda: len(os.listdir(f"/proc/{w.pid}/task")) == 2, 10, "the second thread")
+    tid = next(int(t) for t in os.listdir(f"/proc/{w.pid}/task") if int(t) != w.pid)
+    line = error_line(lazarus("dump", "-t", str(tid), "-D", str(tmp_path / "a")))
+    assert line == f"lazarus: error: PID {tid} is a thread of process {w.pid}: dump -t {w.pid}"
+    # The test's own process is an ancestor of the lazarus it runs.
+    line = error_line(lazarus("dump", "-t", str(os.getpid()), "-D", str(tmp_path / "b")))
+    assert "is an ancestor of lazarus" in line
+    line = error_line(lazarus("dump", "-t", "1", "-D", str(tmp_path / "c")))
+    assert "is the init of a PID namespace" in line
+    assert not any((tmp_path / n).exists() for n in "abc"), "no image directory left behind"
+    assert is_alive(w.pid) and tracer_pid(w.pid) == 0

@@ -34,9 +34,31 @@ def check_target(pid: int) -> None:
         raise LazarusError(f"PID {pid} ({stat.comm}) is a kernel thread: it cannot be dumped")
     if stat.state in ("Z", "X"):
         raise LazarusError(f"PID {pid} is a zombie: nothing to dump")
+    tgid = int(status.get("Tgid", str(pid)))
+    if tgid != pid:
+        raise LazarusError(f"PID {pid} is a thread of process {tgid}: dump -t {tgid}")
+    if status.get("NSpid", "").split()[-1:] == ["1"]:
+        raise LazarusError(f"PID {pid} ({stat.comm}) is the init of a PID namespace: it "
+                           "cannot be dumped (its namespace would have to be dumped whole)")
+    if pid in ancestors(os.getpid()):
+        raise LazarusError(f"PID {pid} ({stat.comm}) is an ancestor of lazarus: its tree "
+                           "would hold lazarus itself")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise LazarusError(f"PID {pid} is already traced by PID {tracer}")
+
+
+def ancestors(pid: int) -> set[int]:
+    """The parent of ``pid``, its parent, ... up to PID 1."""
+    out: set[int] = set()
+    while True:
+        try:
+            pid = procfs.read_stat(pid).ppid
+        except OSError:
+            return out
+        if pid <= 0 or pid in out:
+            return out
+        out.add(pid)
 
 
 def seize(pid: int, tid: int) -> bool:
