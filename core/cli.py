@@ -74,7 +74,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from core.dump import DumpOptions, dump
 
     if bool(args.images_dir) == bool(args.page_server):
-        raise LazarusError("dump needs either -D DIR or --page-server HOST:PORT --image NAME")
+        raise LazarusError("dump needs -D DIR or --page-server HOST:PORT --image NAME "
+                           "(one of them, not both)")
     opts = DumpOptions(pid=args.tree, images_dir=Path(args.images_dir or "."),
                        leave_running=args.leave_running, compress=args.compress == "lz4",
                        server=server_of(args), image_name=args.image,
@@ -428,7 +429,10 @@ def cmd_fork(args: argparse.Namespace) -> int:
             log.warning("%s", w)
         where = " ".join(format_addr(h, p) for h, p in res.addresses)
         print(f"forked PID {opts.pid} ({len(res.ctx.procs)} process(es)): image "
-              f"{opts.image_name} served on {where}", flush=True)
+              f"{opts.image_name} served on {where}\n"
+              f"restore the copy with: lazarus restore --lazy --page-server "
+              f"{format_addr(*res.addresses[0])} --image {opts.image_name} [--pidns]",
+              flush=True)
         if args.stats:
             print(f"the tree was frozen {res.frozen.total_seconds * 1000:.1f} ms:\n"
                   f"{res.frozen.format()}\n"

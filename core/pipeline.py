@@ -72,6 +72,7 @@ async def run_pipeline(stages: Sequence[Stage[C]], ctx: C) -> PipelineStats:
             t0 = time.perf_counter()
             nbytes = await stage.run(ctx)
             stats.stages.append(StageTiming(stage.name, time.perf_counter() - t0, nbytes))
+            log.info("stage %s done in %.1f ms", stage.name, stats.stages[-1].seconds * 1000)
             if os.environ.get(FAIL_AFTER) == stage.name:
                 # Test hook: exercise the undo path after a given stage.
                 raise LazarusError(f"failing after stage {stage.name} ({FAIL_AFTER} is set)")

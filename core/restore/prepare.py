@@ -195,7 +195,8 @@ def with_free_pid(pid: int, make: Callable[[], int]) -> int:
                     from None
             if procfs.is_alive(pid):
                 comm = procfs.read_stat(pid).comm
-                raise LazarusError(f"PID {pid} is in use by a live process ({comm})") from None
+                raise LazarusError(f"PID {pid} is in use by a live process ({comm}): restore "
+                                   "into a new PID namespace with --pidns") from None
             if time.monotonic() > deadline:
                 raise LazarusError(f"PID {pid} is still held by a dead process not yet reaped "
                                    f"after {PID_WAIT:.0f} s") from None
