@@ -147,6 +147,16 @@ def error_line(res: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def usage_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    """Assert a bad option or value was refused in one line, exit status 2."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, (
+        f"expected exit status 2, got {res.returncode}; stderr: {res.stderr!r}")
+    assert len(lines) == 1 and lines[0].startswith("lazarus "), res.stderr
+    assert ": error: " in lines[0]
+    return lines[0]
+
+
 def show_json(images: Path) -> dict[str, object]:
     data = json.loads(ok(lazarus("show", str(images), "--json")).stdout)
     assert isinstance(data, dict)

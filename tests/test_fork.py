@@ -38,6 +38,7 @@ from tests.conftest import (
     ok,
     proc_state,
     tracer_pid,
+    usage_error_line,
     wait_until,
 )
 from tests.test_lazy_remote import two_hosts  # noqa: F401 - a fixture used below
@@ -235,8 +236,9 @@ def test_fork_refuses_bad_input_and_leaves_the_process_alone(procs: Procs,
                                                   "../x", "--listen", "127.0.0.1:0"))
     assert "needs -t PID" in error_line(lazarus("fork", "--name", "x", "--page-server",
                                                 "127.0.0.1:0"))
-    assert "--restores" in error_line(lazarus("fork", "-t", str(w.pid), "--name", "x",
-                                              "--page-server", "127.0.0.1:0", "--restores", "0"))
+    assert "--restores: 0 is not 1 or more" in usage_error_line(lazarus(
+        "fork", "-t", str(w.pid), "--name", "x", "--page-server", "127.0.0.1:0",
+        "--restores", "0"))
     assert "--release NAME takes no" in error_line(lazarus("fork", "-t", str(w.pid),
                                                            "--release", "x"))
     assert "bad image name" in error_line(lazarus("fork", "--release", "../x"))
