@@ -370,6 +370,10 @@ def test_fork_release_ends_it_and_a_name_runs_once(procs: Procs, tmp_path: Path)
     res = lazarus("fork", "-t", str(w.pid), "--name", "rel", "--page-server", "127.0.0.1:0")
     assert "already running" in error_line(res)
     assert children(w.pid) == [twin] and fork.poll() is None
+    # A dump meanwhile meets the twin and says who holds it.
+    res = lazarus("dump", "-t", str(w.pid), "-D", str(tmp_path / "img"), "--leave-running")
+    assert "a `lazarus fork` holding its twin" in error_line(res)
+    assert not (tmp_path / "img").exists() and children(w.pid) == [twin]
     assert "no running fork named nope" in error_line(lazarus("fork", "--release", "nope"))
     res = ok(lazarus("fork", "--release", "rel"))
     assert "released fork rel" in res.stdout

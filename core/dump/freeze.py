@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+from pathlib import Path
 
 from core import procfs
 from core.dump.context import DumpContext, FrozenThread, ProcDump
@@ -45,7 +46,8 @@ def check_target(pid: int) -> None:
                            "would hold lazarus itself")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
-        raise LazarusError(f"PID {pid} is already traced by PID {tracer}")
+        raise LazarusError(f"PID {pid} is already traced by PID {tracer} "
+                           f"({describe_tracer(tracer)})")
 
 
 def ancestors(pid: int) -> set[int]:
@@ -127,9 +129,22 @@ def check_member(pid: int) -> procfs.Stat:
     stat = procfs.read_stat(pid)
     tracer = int(procfs.read_status(pid).get("TracerPid", "0"))
     if tracer:
-        raise LazarusError(f"PID {pid} ({stat.comm}) in the tree is traced by PID {tracer}: "
-                           "it cannot be dumped")
+        raise LazarusError(f"PID {pid} ({stat.comm}) in the tree is traced by PID {tracer} "
+                           f"({describe_tracer(tracer)}): it cannot be dumped")
     return stat
+
+
+def describe_tracer(pid: int) -> str:
+    """Who traces: a debugger, or a `lazarus fork` holding its twins (say so)."""
+    try:
+        with open(procfs.proc(pid, "cmdline"), "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return "gone"
+    if "fork" in argv and any(Path(a).name in ("lazarus", "cli.py") or a == "core.cli"
+                              for a in argv[:3]):
+        return "a `lazarus fork` holding its twin: release it first with lazarus fork --release"
+    return " ".join(argv)[:80] or "?"
 
 
 def freeze_sync(ctx: DumpContext) -> None:
