@@ -7,14 +7,16 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from core import procfs
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.inject import BATCH_ENTRY, InjectedSyscallError, Injector
 from core.kernel.memory import ProcMem
-from tests.conftest import Procs, is_alive, proc_state
+from tests.conftest import Procs, is_alive, lazarus, ok, proc_state, tracer_pid, wait_until
 
 PAGE = 4096
 
@@ -36,7 +38,7 @@ def stopped(procs: Procs) -> Iterator[tuple[int, Injector]]:
                                 K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
         finally:
             boot.restore_code()
-        yield w.pid, Injector(w.pid, mem, regs, area, owns_code=True)
+        yield w.pid, Injector(w.pid, mem, regs, area, owns_code=True, batches=True)
         pt.set_regs(w.pid, regs)
         pt.detach(w.pid)
     finally:
@@ -72,3 +74,20 @@ def test_batch_stops_at_the_first_failing_call(stopped: tuple[int, Injector]) ->
     # The process is fine afterwards.
     assert inj.syscall(K.SYS_GETPID) == pid
     assert is_alive(pid) and proc_state(pid) == "t"
+
+
+def test_dump_leaves_the_code_it_borrowed_as_it_was(procs: Procs, tmp_path: Path) -> None:
+    """The dump runs its syscalls from the process's own code (every thread of
+    it): afterwards those bytes must be the original ones again."""
+    w = procs.python("counter", str(tmp_path / "count.log"), "--thread")
+    wait_until(lambda: len(os.listdir(f"/proc/{w.pid}/task")) == 2, 10, "the second thread")
+    code = next(m for m in procfs.read_maps(w.pid) if m.prot & K.PROT_EXEC and m.is_file)
+
+    def text() -> bytes:
+        with ProcMem(w.pid) as mem:
+            return mem.read(code.start, PAGE)
+
+    before = text()
+    ok(lazarus("dump", "-t", str(w.pid), "-D", str(tmp_path / "img"), "--leave-running"))
+    assert text() == before
+    assert is_alive(w.pid) and tracer_pid(w.pid) == 0

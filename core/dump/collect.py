@@ -12,6 +12,7 @@ import struct
 
 from core import procfs
 from core.dump.context import DumpContext, ProcDump
+from core.dump.injection import run_injected
 from core.dump.tracking import find_tracking_fd
 from core.errors import LazarusError
 from core.images import pb
@@ -127,22 +128,12 @@ def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
     process; clear-tid address and alternate signal stack from each thread.
     Without `sigactions`, no sigactions nor brk (a remote fork reads them
     from the twin, which has the same, once the process runs again)."""
-    pid = ctx.pid
-    code = next((m for m in maps if m.prot & K.PROT_EXEC and m.is_file), None)
-    if code is None:
-        raise LazarusError(f"PID {pid} has no executable file mapping to run syscalls from")
-    # Block every signal while we run code in the task, so none is delivered
-    # into our injected calls; the real masks are put back below.
-    for t in ctx.threads.values():
-        pt.set_sigmask(t.tid, ALL_SIGNALS)
-    leader = ctx.leader
-    assert leader.regs is not None
-    with ProcMem(pid, writable=True) as mem:
-        inj = Injector(pid, mem, leader.regs, code.start)
-        scratch = 0
+
+    def collect(inj: Injector) -> None:
+        mem = inj.mem
+        scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
+                              K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
         try:
-            scratch = inj.syscall(K.SYS_MMAP, 0, 4096, K.PROT_READ | K.PROT_WRITE,
-                                  K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1, 0)
             if sigactions:
                 read_sigactions_brk(inj, mem, scratch, ctx.proc)
             for which in ITIMERS:
@@ -154,26 +145,19 @@ def collect_by_injection(ctx: ProcDump, maps: list[procfs.MapEntry],
                         value_us=v_sec * 1_000_000 + v_usec))
             for t in ctx.threads.values():
                 assert t.regs is not None
-                tinj = inj if t.tid == pid else \
-                    Injector(t.tid, mem, t.regs, code.start, owns_code=True)
+                # The leader's injector put the code in place: threads share it.
+                tinj = inj if t.tid == ctx.pid else \
+                    Injector(t.tid, mem, t.regs, inj.code_addr, owns_code=True)
                 state = threads[t.tid]
-                try:
-                    tinj.syscall(K.SYS_PRCTL, PR_GET_TID_ADDRESS, scratch)
-                    state.clear_tid_address = int.from_bytes(mem.read(scratch, 8), "little")
-                    tinj.syscall(K.SYS_SIGALTSTACK, 0, scratch)
-                    sp, flags, size = _altstack(mem.read(scratch, 24))
-                    state.altstack_sp, state.altstack_flags, state.altstack_size = sp, flags, size
-                finally:
-                    if tinj is not inj:
-                        pt.set_regs(t.tid, t.regs)
+                tinj.syscall(K.SYS_PRCTL, PR_GET_TID_ADDRESS, scratch)
+                state.clear_tid_address = int.from_bytes(mem.read(scratch, 8), "little")
+                tinj.syscall(K.SYS_SIGALTSTACK, 0, scratch)
+                sp, flags, size = _altstack(mem.read(scratch, 24))
+                state.altstack_sp, state.altstack_flags, state.altstack_size = sp, flags, size
         finally:
-            if scratch > 0:
-                inj.syscall(K.SYS_MUNMAP, scratch, 4096)
-            inj.restore_code()
-            for t in ctx.threads.values():
-                if t.regs is not None:
-                    pt.set_regs(t.tid, t.regs)
-                pt.set_sigmask(t.tid, t.sigmask)
+            inj.syscall(K.SYS_MUNMAP, scratch, 4096)
+
+    run_injected(ctx, collect, maps)
 
 
 def _altstack(raw: bytes) -> tuple[int, int, int]:

@@ -15,26 +15,22 @@ from __future__ import annotations
 import logging
 import os
 import resource
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from core import procfs
 from core.dump.context import DumpContext, ProcDump
 from core.dump.freeze import freeze_process, thaw_process
+from core.dump.injection import run_injected
 from core.errors import LazarusError
 from core.images import ImageError, ImageReader, pb
 from core.kernel import constants as K
 from core.kernel import dirty
-from core.kernel import ptrace as pt
 from core.kernel.inject import Injector
-from core.kernel.libc import MASK64, syscall
-from core.kernel.memory import ProcMem
+from core.kernel.libc import syscall
 from core.kernel.process import pidfd_open
 
 log = logging.getLogger("lazarus")
 
-T = TypeVar("T")
 
 F_DUPFD_CLOEXEC = 1030
 TRACKING_FD_MIN = 900        # out of the way of the fds a program usually opens
@@ -109,31 +105,6 @@ def tracking_fd_of(ctx: DumpContext, pid: int) -> int:
 
 
 # ------------------------------------------------------------ injection
-
-
-def run_injected(p: ProcDump, fn: Callable[[Injector], T]) -> T:
-    """Run injected syscalls in a frozen process, its signals blocked meanwhile
-    and its registers and masks put back after."""
-    code = next((m for m in procfs.read_maps(p.pid) if m.prot & K.PROT_EXEC and m.is_file),
-                None)
-    if code is None:
-        raise LazarusError(f"PID {p.pid} has no executable file mapping to run syscalls from")
-    for t in p.threads.values():
-        pt.set_sigmask(t.tid, MASK64)
-    leader = p.leader
-    assert leader.regs is not None
-    try:
-        with ProcMem(p.pid, writable=True) as mem:
-            inj = Injector(p.pid, mem, leader.regs, code.start)
-            try:
-                return fn(inj)
-            finally:
-                inj.restore_code()
-    finally:
-        for t in p.threads.values():
-            if t.regs is not None:
-                pt.set_regs(t.tid, t.regs)
-            pt.set_sigmask(t.tid, t.sigmask)
 
 
 def create_tracking_fd(p: ProcDump) -> int:

@@ -21,26 +21,23 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from core import procfs
 from core.dump.collect import read_sigactions_brk
 from core.dump.context import DumpContext, ProcDump
 from core.dump.freeze import freeze_process, thaw_process
+from core.dump.injection import run_injected
 from core.dump.memory import DUMPED_KINDS, stored_runs
 from core.errors import LazarusError
 from core.images import PAGE_SIZE, pb
 from core.kernel import constants as K
 from core.kernel import ptrace as pt
 from core.kernel.inject import Injector
-from core.kernel.libc import MASK64
 from core.kernel.memory import ProcMem
 
 log = logging.getLogger("lazarus")
 
-T = TypeVar("T")
 
 TWIN_TIMEOUT = 5.0           # a new twin reports its first stop, a killed one its death
 BLOCK_PAGES = 256            # pages per block of the page list: 1 MiB reads and frames
@@ -56,29 +53,6 @@ class Twin:
     # Pages copied while frozen (vaddr -> bytes), for what the twin cannot hold.
     frozen: dict[int, bytes] = field(default_factory=dict)
     frozen_vmas: set[int] = field(default_factory=set)   # starts of VMAs handled so
-
-
-def run_injected(p: ProcDump, fn: Callable[[Injector], T]) -> T:
-    """Run `fn` with an injector on the frozen leader of `p`, every signal
-    blocked meanwhile (none may be delivered into our code), then put its
-    registers, mask and code bytes back."""
-    pid = p.pid
-    leader = p.leader
-    assert leader.regs is not None
-    code = next((m for m in procfs.read_maps(pid) if m.prot & K.PROT_EXEC and m.is_file), None)
-    if code is None:
-        raise LazarusError(f"PID {pid} has no executable file mapping to run syscalls from")
-    pt.set_sigmask(pid, MASK64)
-    try:
-        with ProcMem(pid, writable=True) as mem:
-            inj = Injector(pid, mem, leader.regs, code.start)
-            try:
-                return fn(inj)
-            finally:
-                inj.restore_code()
-    finally:
-        pt.set_regs(pid, leader.regs)
-        pt.set_sigmask(pid, leader.sigmask)
 
 
 def make_twin(p: ProcDump) -> int:

@@ -48,15 +48,20 @@ class Injector:
     """
 
     def __init__(self, pid: int, mem: ProcMem, base_regs: pt.Regs, code_addr: int,
-                 owns_code: bool = False) -> None:
+                 owns_code: bool = False, batches: bool = False) -> None:
         self.pid = pid
         self.mem = mem
         self.base_regs = pt.copy_regs(base_regs)
         self.code_addr = code_addr
         self._saved = None if owns_code else mem.read(code_addr, len(SYSCALL_INT3))
         mem.write(code_addr, SYSCALL_INT3)
-        self.batches = owns_code
-        if owns_code:
+        # Batches need room for their loop after the `syscall; int3`: only in
+        # a code area of ours (the restore's trampoline), never in the
+        # process's own code, which the loop would overwrite for good.
+        if batches and not owns_code:
+            raise ValueError("syscall batches need a code area of our own")
+        self.batches = batches
+        if batches:
             mem.write(code_addr + BATCH_OFFSET, BATCH_CODE)
         self.count = 0
 

@@ -220,7 +220,7 @@ def map_trampoline(ctx: RestoreContext, root: ProcRestore) -> None:
     finally:
         boot.restore_code()
     root.mem.write(ctx.trampoline, SYSCALL_INT3)
-    root.inj = Injector(root.pid, root.mem, regs, ctx.trampoline, owns_code=True)
+    root.inj = Injector(root.pid, root.mem, regs, ctx.trampoline, owns_code=True, batches=True)
 
 
 def fork_child(parent: ProcRestore, child: ProcRestore) -> None:
@@ -235,7 +235,7 @@ def fork_child(parent: ProcRestore, child: ProcRestore) -> None:
         raise LazarusError(f"new process {child.pid} {res.describe()}")
     child.mem = ProcMem(child.pid, writable=True)
     child.inj = Injector(child.pid, child.mem, pt.get_regs(child.pid), child.trampoline,
-                         owns_code=True)
+                         owns_code=True, batches=True)
 
 
 def set_session_and_group(p: ProcRestore) -> None:
