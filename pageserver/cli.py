@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import ssl
@@ -129,6 +130,9 @@ async def _serve(images: Path, listen: list[tuple[str, int]], token: str | None,
         return 1
     for host, port in addresses:
         log.info("listening on %s%s", format_addr(host, port), " (TLS)" if ctx else "")
+        if token is None and not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            log.warning("warning: no --token-file: anyone who reaches %s can read the "
+                        "images and upload new ones", format_addr(host, port))
     log.info("serving images from %s%s%s", server.catalog.root,
              ", token required" if token else "",
              ", restores them on request" if restore_command else "")

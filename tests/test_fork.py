@@ -113,10 +113,11 @@ def start_fork(procs: Procs, pid: int, name: str, *extra: str, host: str = "127.
                prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """`lazarus fork` on a free port of `host` (run through `prefix`, e.g. in a
     network namespace); returns it once it serves, and the port."""
+    # Its work directory under the test's (one it cannot remove when killed stays there).
     p = subprocess.Popen([*prefix, LAZARUS, "fork", "-t", str(pid), "--name", name,
                           "--page-server", f"{host}:0", *extra],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, env=dict(os.environ, TMPDIR=str(procs.workdir)))
     procs.track(p)
     assert p.stdout is not None
     ready, _, _ = select.select([p.stdout], [], [], READY_TIMEOUT)
