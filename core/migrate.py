@@ -27,7 +27,6 @@ from typing import TextIO
 
 from core.dump import DumpOptions, dump, end_tracking, predump
 from core.errors import LazarusError
-from core.images.chain import flatten_own_chain
 from core.progress import Progress
 from core.remote import ServerAddress
 from pageserver import wire_pb2 as wire
@@ -58,6 +57,7 @@ class Round:
     bytes_copied: int
     frozen_seconds: float
     seconds: float
+    upload_seconds: float = 0.0       # sent to the server while the process ran on
 
 
 @dataclass
@@ -65,9 +65,10 @@ class MigrateResult:
     rounds: list[Round] = field(default_factory=list)
     final_bytes: int = 0
     frozen_seconds: float = 0.0       # the final dump: frozen until killed
-    merge_seconds: float = 0.0
-    upload_seconds: float = 0.0
-    uploaded_bytes: int = 0
+    merge_seconds: float = 0.0        # the server's flattening of the chain
+    upload_seconds: float = 0.0       # of the final image, after the freeze
+    uploaded_bytes: int = 0           # every round and the final image
+    image_bytes: int = 0              # the flattened image on the server
     downtime_seconds: float = 0.0     # frozen until the image is on the server
     restored_pid: int = 0             # restored by the page server, as its host sees it
     running_seconds: float = 0.0      # frozen until it runs again on the other side
@@ -81,32 +82,71 @@ def worth_another(rounds: list[Round]) -> bool:
     return len(rounds) < 2 or last < rounds[-2].bytes_copied * SHRINK
 
 
+async def upload(opts: MigrateOptions, directory: Path) -> int:
+    """Store an image directory on the page server under its own name; its bytes."""
+    total = sum(f.stat().st_size for f in directory.iterdir())
+    client = await opts.server.connect()
+    try:
+        with Progress("upload", total, opts.progress) as bar:
+            await client.put_image(directory.name, directory, bar.add)
+    finally:
+        await client.close()
+    return total
+
+
+async def remove_uploaded(opts: MigrateOptions, names: list[str]) -> None:
+    """Best effort: a migration given up leaves no rounds on the server."""
+    try:
+        client = await opts.server.connect()
+        try:
+            for name in names:
+                await client.remove_image(name)
+        finally:
+            await client.close()
+    except (PageServerError, OSError) as exc:
+        log.warning("could not remove %s from the page server: %s", ", ".join(names), exc)
+
+
+async def check_names_free(opts: MigrateOptions, names: list[str]) -> None:
+    """Before anything is frozen: the server answers and the names are free
+    (the final upload comes after the process is gone)."""
+    client = await opts.server.connect()
+    try:
+        taken = set(await client.list_images()).intersection(names)
+    except PageServerError as exc:
+        raise LazarusError(f"page server: {exc}") from None
+    finally:
+        await client.close()
+    if opts.name in taken:
+        raise LazarusError(f"image {opts.name} already exists on the page server: "
+                           "choose another --name")
+    if taken:
+        raise LazarusError(f"the page server holds {', '.join(sorted(taken))} (left by an "
+                           "earlier migration?): remove them or choose another --name")
+
+
 async def migrate(opts: MigrateOptions) -> MigrateResult:
+    """Pre-dump rounds, each sent to the page server while the process runs
+    on; the final dump, sent after the freeze (only what changed since); the
+    server flattens the chain into image NAME and restores it if allowed."""
     if opts.max_rounds < 1:
         raise LazarusError("--max-rounds must be at least 1")
     if not NAME.fullmatch(opts.name):
         raise LazarusError(f"--name {opts.name!r}: use letters, digits, '.', '_' and '-' "
                            "(not starting with '.')")
+    # Named as they are on the server, where each names its parent as a sibling.
+    rounds = [f"{opts.name}.pre{i}" for i in range(opts.max_rounds)]
+    final = f"{opts.name}.final"
     work = opts.work_dir or Path(tempfile.mkdtemp(prefix="lazarus-migrate-"))
     work.mkdir(mode=0o700, parents=True, exist_ok=True)
     res = MigrateResult()
     keep = False
+    uploaded: list[str] = []
     try:
-        # Checked before anything is frozen: an unreachable server ends the
-        # migration while the process still runs untouched.
-        client = await opts.server.connect()
-        try:
-            # Checked now too: the final upload comes after the process is gone.
-            if opts.name in await client.list_images():
-                raise LazarusError(f"image {opts.name} already exists on the page server: "
-                                   "choose another --name")
-        except PageServerError as exc:
-            raise LazarusError(f"page server: {exc}") from None
-        finally:
-            await client.close()
+        await check_names_free(opts, [opts.name, final, *rounds])
         prev: Path | None = None
         while len(res.rounds) < opts.max_rounds:
-            d = work / f"pre-{len(res.rounds)}"
+            d = work / rounds[len(res.rounds)]
             t0 = time.perf_counter()
             try:
                 ctx, _ = await predump(DumpOptions(pid=opts.pid, images_dir=d,
@@ -116,15 +156,27 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
                 if prev is not None:
                     await end_tracking(prev)
                 raise
-            res.rounds.append(Round(sum(p.proc.pages_bytes for p in ctx.procs.values()),
-                                    ctx.frozen_seconds, time.perf_counter() - t0))
+            copied = sum(p.proc.pages_bytes for p in ctx.procs.values())
+            res.rounds.append(Round(copied, ctx.frozen_seconds, time.perf_counter() - t0))
             prev = d
+            # Sent while the process runs on: only the last image waits for its upload.
+            t0 = time.perf_counter()
+            try:
+                res.uploaded_bytes += await upload(opts, d)
+            except BaseException as exc:
+                await end_tracking(prev)
+                if isinstance(exc, PageServerError):
+                    raise LazarusError(f"cannot store pre-dump round {len(res.rounds)} on the "
+                                       f"page server: {exc}") from None
+                raise
+            uploaded.append(d.name)
+            res.rounds[-1].upload_seconds = time.perf_counter() - t0
             if not worth_another(res.rounds):
                 break
-        final = work / "final"
         assert prev is not None     # max_rounds >= 1
+        last = work / final
         try:
-            ctx, _ = await dump(DumpOptions(pid=opts.pid, images_dir=final,
+            ctx, _ = await dump(DumpOptions(pid=opts.pid, images_dir=last,
                                             compress=opts.compress, prev=prev,
                                             progress=opts.progress))
         except BaseException:
@@ -137,33 +189,33 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         res.frozen_seconds = ctx.frozen_seconds
         res.final_bytes = sum(p.proc.pages_bytes for p in ctx.procs.values())
         t0 = time.perf_counter()
-        merged = work / "upload" / opts.name
-        merged.parent.mkdir(mode=0o700)
-        flatten_own_chain(final, merged, opts.compress)
-        res.merge_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        total = sum(f.stat().st_size for f in merged.iterdir())
-        client = await opts.server.connect()
         try:
-            with Progress("upload", total, opts.progress) as bar:
-                await client.put_image(opts.name, merged, bar.add)
+            res.uploaded_bytes += await upload(opts, last)
+            uploaded.append(last.name)
+            res.upload_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            client = await opts.server.connect()
+            try:
+                res.image_bytes = await client.flatten_chain(last.name, opts.name)
+            finally:
+                await client.close()
+            uploaded = []           # the server removed the chain
+            res.merge_seconds = time.perf_counter() - t0
         except PageServerError as exc:
             raise LazarusError(f"cannot store the image on the page server: {exc}; the "
-                               f"process was dumped: its image chain is kept in {final}")\
+                               f"process was dumped: its image chain is kept in {last}")\
                 from None
-        finally:
-            await client.close()
-        res.upload_seconds = time.perf_counter() - t0
-        res.uploaded_bytes = sum(f.stat().st_size for f in merged.iterdir())
         res.downtime_seconds = time.perf_counter() - frozen_at
         keep = False
         if opts.restore:
             await restore_there(opts, res, frozen_at)
         return res
     except BaseException:
+        if uploaded:
+            await remove_uploaded(opts, uploaded)
         if keep:
             log.warning("image chain kept in %s (restore it with lazarus restore -D %s)",
-                        work, work / "final")
+                        work, work / final)
         raise
     finally:
         if not keep and opts.work_dir is None:
@@ -194,13 +246,15 @@ def format_result(opts: MigrateOptions, res: MigrateResult, hostport: str,
     """What migrate prints; ``access``: the client options the printed restore
     command needs (--token-file, --tls-ca), as typed."""
     lines = [f"pre-dump round {i + 1}: {r.bytes_copied / 1e6:.1f} MB copied in "
-             f"{r.seconds * 1000:.0f} ms, frozen for {r.frozen_seconds * 1000:.1f} ms"
+             f"{r.seconds * 1000:.0f} ms, frozen for {r.frozen_seconds * 1000:.1f} ms, "
+             f"sent in {r.upload_seconds * 1000:.0f} ms"
              for i, r in enumerate(res.rounds)]
     lines += [
         f"final dump: {res.final_bytes / 1e6:.1f} MB, frozen for "
-        f"{res.frozen_seconds * 1000:.1f} ms",
-        f"image {opts.name}: flattened in {res.merge_seconds * 1000:.0f} ms, "
-        f"{res.uploaded_bytes / 1e6:.1f} MB uploaded in {res.upload_seconds * 1000:.0f} ms",
+        f"{res.frozen_seconds * 1000:.1f} ms, sent in {res.upload_seconds * 1000:.0f} ms",
+        f"image {opts.name}: {res.image_bytes / 1e6:.1f} MB, made of the chain by the "
+        f"page server in {res.merge_seconds * 1000:.0f} ms "
+        f"({res.uploaded_bytes / 1e6:.1f} MB sent in all)",
         f"downtime until the image was on the page server: "
         f"{res.downtime_seconds * 1000:.0f} ms",
     ]

@@ -30,7 +30,8 @@ from pathlib import Path
 import lz4.block
 from google.protobuf.message import DecodeError
 
-from core.images import pb, workingset
+from core.images import ImageError, ImageReader, pb, workingset
+from core.images.chain import flatten_own_chain, resolve_chain
 
 from . import wire_pb2 as wire
 from .protocol import MAX_FRAME_PAGES, PAGE_SIZE
@@ -698,10 +699,47 @@ class Catalog:
         for key in [k for k in self._entries if k[0] == image]:
             self._entries.pop(key).close()
 
-    def begin_upload(self, name: str) -> Upload:
+    def check_new(self, name: str) -> None:
+        """``name`` is free for a new image."""
         check_name(name)
         if name in self.uploads or os.path.lexists(self.root / name):
             raise CatalogError(wire.Error.EXISTS, f"image {name} already exists")
+
+    def chain_dirs(self, last: str) -> list[Path]:
+        """The directories of the image chain ending at ``last``, newest
+        first, every one an image of this directory."""
+        self.image_dir(last)
+        try:
+            dirs = [r.directory for r in resolve_chain(self.root / last)]
+        except ImageError as e:
+            raise CatalogError(wire.Error.CORRUPTED, f"image {last}: {e}") from None
+        root = self.root.resolve()
+        for d in dirs:
+            if d.resolve().parent != root or d.name in self.uploads:
+                raise CatalogError(wire.Error.BAD_REQUEST,
+                                   f"image {last}: its chain reaches beyond the stored images")
+        return dirs
+
+    def flatten_chain(self, last: str, name: str, dirs: list[Path]) -> int:
+        """Write the chain ending at ``last`` as image ``name`` (blocking: run
+        in a thread, with ``name`` reserved in ``uploads``). Its bytes."""
+        compress = ImageReader(dirs[0]).inventory().compression == "lz4"
+        try:
+            flatten_own_chain(self.root / last, self.root / name, compress)
+        except (ImageError, OSError) as e:
+            raise CatalogError(wire.Error.INTERNAL, f"cannot flatten {last}: {e}") from None
+        return sum(f.stat().st_size for f in (self.root / name).iterdir())
+
+    def remove(self, name: str) -> None:
+        """Delete a stored image (not a live fork's, not one being uploaded)."""
+        path = self.image_dir(name)
+        if name in self.uploads:
+            raise CatalogError(wire.Error.EXISTS, f"image {name} is being written")
+        self.forget(name)
+        shutil.rmtree(path, ignore_errors=True)
+
+    def begin_upload(self, name: str) -> Upload:
+        self.check_new(name)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.root))
         except OSError as e:

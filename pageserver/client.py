@@ -588,6 +588,16 @@ class PageClient:
         await self._simple(wire.Request(put_working_set=wire.PutWorkingSet(
             image=image, data=data)), "working_set_stored")
 
+    async def flatten_chain(self, last: str, name: str) -> int:
+        """Have the server make image ``name`` of the uploaded chain ending at
+        ``last`` (which it then removes); the new image's bytes."""
+        resp = await self._simple(wire.Request(flatten_chain=wire.FlattenChain(
+            last=last, name=name)), "flattened")
+        return resp.flattened.bytes
+
+    async def remove_image(self, name: str) -> None:
+        await self._simple(wire.Request(remove_image=wire.RemoveImage(name=name)), "removed")
+
     async def restore_image(self, image: str, pidns: bool = False) -> tuple[int, float]:
         """Have the server restore a stored image on its host (lazily, from its
         copy); (restored PID as the server's host sees it, seconds it took)."""

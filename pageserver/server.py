@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import os
+import shutil
 import socket
 import ssl
 import time
@@ -355,6 +356,16 @@ class _Session(asyncio.BufferedProtocol):
                                    "this page server does not restore images (start it with "
                                    "--allow-restore)")
             self._spawn(rid, self._restore(rid, command, catalog.image_dir(r.image), r.pidns))
+        elif kind == "flatten_chain":
+            f = req.flatten_chain
+            catalog.check_new(f.name)
+            dirs = catalog.chain_dirs(f.last)
+            catalog.uploads.add(f.name)     # reserved until written
+            self._spawn(rid, self._flatten(rid, f.last, f.name, dirs))
+        elif kind == "remove_image":
+            catalog.remove(req.remove_image.name)
+            log.info("client %s: removed image %s", self.peer, req.remove_image.name)
+            self.write(self.conn.send_response(rid, wire.Response(removed=wire.Removed())))
         elif kind == "put_image":
             self.failed_uploads.discard(rid)
             self.uploads[rid] = catalog.begin_upload(req.put_image.name)
@@ -417,6 +428,24 @@ class _Session(asyncio.BufferedProtocol):
                                             crc32=p.crc32, end=fin)
             self.pages_served += p.nr_pages
         return out
+
+    async def _flatten(self, rid: int, last: str, name: str, dirs: list[Path]) -> None:
+        catalog = self.server.catalog
+        try:
+            size = await self.loop.run_in_executor(self.server.pool, catalog.flatten_chain,
+                                                   last, name, dirs)
+        except CatalogError as e:
+            self.write(self.conn.send_error(rid, e.code, str(e)))
+            return
+        finally:
+            catalog.uploads.discard(name)
+        for d in dirs:       # the chain is spent: its oldest pages file is now name's
+            catalog.forget(d.name)
+            shutil.rmtree(d, ignore_errors=True)
+        log.info("client %s: flattened %s (%d images) into %s, %d bytes", self.peer, last,
+                 len(dirs), name, size)
+        self.write(self.conn.send_response(rid, wire.Response(
+            flattened=wire.Flattened(bytes=size))))
 
     async def _restore(self, rid: int, command: Sequence[str], directory: Path,
                        pidns: bool) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nwire.proto\x12\x12lazarus.pageserver\"i\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0e\n\x06\x63lient\x18\x04 \x01(\t\x12\x0f\n\x07restore\x18\x05 \x01(\t\"\x7f\n\x0bServerHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x19\n\x11max_frame_payload\x18\x04 \x01(\r\x12\x19\n\x11max_request_pages\x18\x05 \x01(\r\"\x0c\n\nListImages\"\x1a\n\tListFiles\x12\r\n\x05image\x18\x01 \x01(\t\"&\n\x07GetFile\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"G\n\x08GetPages\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\r\n\x05vaddr\x18\x03 \x01(\x04\x12\x10\n\x08nr_pages\x18\x04 \x01(\r\")\n\x0bStreamPages\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"\x18\n\x08PutImage\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x07PutFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x0b\n\tPutCommit\"\x08\n\x06\x43\x61ncel\",\n\rPutWorkingSet\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\",\n\x0cRestoreImage\x12\r\n\x05image\x18\x01 \x01(\t\x12\r\n\x05pidns\x18\x02 \x01(\x08\"\xda\x04\n\x07Request\x12\x35\n\x0blist_images\x18\x01 \x01(\x0b\x32\x1e.lazarus.pageserver.ListImagesH\x00\x12\x33\n\nlist_files\x18\x02 \x01(\x0b\x32\x1d.lazarus.pageserver.ListFilesH\x00\x12/\n\x08get_file\x18\x03 \x01(\x0b\x32\x1b.lazarus.pageserver.GetFileH\x00\x12\x31\n\tget_pages\x18\x04 \x01(\x0b\x32\x1c.lazarus.pageserver.GetPagesH\x00\x12\x37\n\x0cstream_pages\x18\x05 \x01(\x0b\x32\x1f.lazarus.pageserver.StreamPagesH\x00\x12\x31\n\tput_image\x18\x06 \x01(\x0b\x32\x1c.lazarus.pageserver.PutImageH\x00\x12/\n\x08put_file\x18\x07 \x01(\x0b\x32\x1b.lazarus.pageserver.PutFileH\x00\x12\x33\n\nput_commit\x18\x08 \x01(\x0b\x32\x1d.lazarus.pageserver.PutCommitH\x00\x12,\n\x06\x63\x61ncel\x18\t \x01(\x0b\x32\x1a.lazarus.pageserver.CancelH\x00\x12<\n\x0fput_working_set\x18\n \x01(\x0b\x32!.lazarus.pageserver.PutWorkingSetH\x00\x12\x39\n\rrestore_image\x18\x0b \x01(\x0b\x32 .lazarus.pageserver.RestoreImageH\x00\x42\x06\n\x04kind\"\xdf\x01\n\x05\x45rror\x12,\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1e.lazarus.pageserver.Error.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x96\x01\n\x04\x43ode\x12\x0c\n\x08INTERNAL\x10\x00\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x10\n\x0cOUT_OF_RANGE\x10\x03\x12\n\n\x06\x45XISTS\x10\x04\x12\x13\n\x0fUNAUTHENTICATED\x10\x05\x12\x0f\n\x0bUNSUPPORTED\x10\x06\x12\r\n\tCORRUPTED\x10\x07\x12\r\n\tCANCELLED\x10\x08\"\x1a\n\tImageList\x12\r\n\x05names\x18\x01 \x03(\t\"&\n\x08\x46ileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"7\n\x08\x46ileList\x12+\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1c.lazarus.pageserver.FileInfo\"*\n\tStreamEnd\x12\x0e\n\x06\x62locks\x18\x01 \x01(\x04\x12\r\n\x05pages\x18\x02 \x01(\x04\"\n\n\x08PutReady\"\'\n\x07PutDone\x12\r\n\x05\x66iles\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"(\n\x08Restored\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"!\n\x10WorkingSetStored\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\xad\x03\n\x08Response\x12*\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x19.lazarus.pageserver.ErrorH\x00\x12/\n\x06images\x18\x02 \x01(\x0b\x32\x1d.lazarus.pageserver.ImageListH\x00\x12-\n\x05\x66iles\x18\x03 \x01(\x0b\x32\x1c.lazarus.pageserver.FileListH\x00\x12\x33\n\nstream_end\x18\x04 \x01(\x0b\x32\x1d.lazarus.pageserver.StreamEndH\x00\x12\x31\n\tput_ready\x18\x05 \x01(\x0b\x32\x1c.lazarus.pageserver.PutReadyH\x00\x12/\n\x08put_done\x18\x06 \x01(\x0b\x32\x1b.lazarus.pageserver.PutDoneH\x00\x12\x42\n\x12working_set_stored\x18\x07 \x01(\x0b\x32$.lazarus.pageserver.WorkingSetStoredH\x00\x12\x30\n\x08restored\x18\x08 \x01(\x0b\x32\x1c.lazarus.pageserver.RestoredH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nwire.proto\x12\x12lazarus.pageserver\"i\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x0e\n\x06\x63lient\x18\x04 \x01(\t\x12\x0f\n\x07restore\x18\x05 \x01(\t\"\x7f\n\x0bServerHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x19\n\x11max_frame_payload\x18\x04 \x01(\r\x12\x19\n\x11max_request_pages\x18\x05 \x01(\r\"\x0c\n\nListImages\"\x1a\n\tListFiles\x12\r\n\x05image\x18\x01 \x01(\t\"&\n\x07GetFile\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"G\n\x08GetPages\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\r\n\x05vaddr\x18\x03 \x01(\x04\x12\x10\n\x08nr_pages\x18\x04 \x01(\r\")\n\x0bStreamPages\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"\x18\n\x08PutImage\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x07PutFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x0b\n\tPutCommit\"\x08\n\x06\x43\x61ncel\",\n\rPutWorkingSet\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\",\n\x0cRestoreImage\x12\r\n\x05image\x18\x01 \x01(\t\x12\r\n\x05pidns\x18\x02 \x01(\x08\"*\n\x0c\x46lattenChain\x12\x0c\n\x04last\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1b\n\x0bRemoveImage\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xce\x05\n\x07Request\x12\x35\n\x0blist_images\x18\x01 \x01(\x0b\x32\x1e.lazarus.pageserver.ListImagesH\x00\x12\x33\n\nlist_files\x18\x02 \x01(\x0b\x32\x1d.lazarus.pageserver.ListFilesH\x00\x12/\n\x08get_file\x18\x03 \x01(\x0b\x32\x1b.lazarus.pageserver.GetFileH\x00\x12\x31\n\tget_pages\x18\x04 \x01(\x0b\x32\x1c.lazarus.pageserver.GetPagesH\x00\x12\x37\n\x0cstream_pages\x18\x05 \x01(\x0b\x32\x1f.lazarus.pageserver.StreamPagesH\x00\x12\x31\n\tput_image\x18\x06 \x01(\x0b\x32\x1c.lazarus.pageserver.PutImageH\x00\x12/\n\x08put_file\x18\x07 \x01(\x0b\x32\x1b.lazarus.pageserver.PutFileH\x00\x12\x33\n\nput_commit\x18\x08 \x01(\x0b\x32\x1d.lazarus.pageserver.PutCommitH\x00\x12,\n\x06\x63\x61ncel\x18\t \x01(\x0b\x32\x1a.lazarus.pageserver.CancelH\x00\x12<\n\x0fput_working_set\x18\n \x01(\x0b\x32!.lazarus.pageserver.PutWorkingSetH\x00\x12\x39\n\rrestore_image\x18\x0b \x01(\x0b\x32 .lazarus.pageserver.RestoreImageH\x00\x12\x39\n\rflatten_chain\x18\x0c \x01(\x0b\x32 .lazarus.pageserver.FlattenChainH\x00\x12\x37\n\x0cremove_image\x18\r \x01(\x0b\x32\x1f.lazarus.pageserver.RemoveImageH\x00\x42\x06\n\x04kind\"\xdf\x01\n\x05\x45rror\x12,\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1e.lazarus.pageserver.Error.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x96\x01\n\x04\x43ode\x12\x0c\n\x08INTERNAL\x10\x00\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x10\n\x0cOUT_OF_RANGE\x10\x03\x12\n\n\x06\x45XISTS\x10\x04\x12\x13\n\x0fUNAUTHENTICATED\x10\x05\x12\x0f\n\x0bUNSUPPORTED\x10\x06\x12\r\n\tCORRUPTED\x10\x07\x12\r\n\tCANCELLED\x10\x08\"\x1a\n\tImageList\x12\r\n\x05names\x18\x01 \x03(\t\"&\n\x08\x46ileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"7\n\x08\x46ileList\x12+\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1c.lazarus.pageserver.FileInfo\"*\n\tStreamEnd\x12\x0e\n\x06\x62locks\x18\x01 \x01(\x04\x12\r\n\x05pages\x18\x02 \x01(\x04\"\n\n\x08PutReady\"\'\n\x07PutDone\x12\r\n\x05\x66iles\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"(\n\x08Restored\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x1a\n\tFlattened\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\t\n\x07Removed\"!\n\x10WorkingSetStored\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\x91\x04\n\x08Response\x12*\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x19.lazarus.pageserver.ErrorH\x00\x12/\n\x06images\x18\x02 \x01(\x0b\x32\x1d.lazarus.pageserver.ImageListH\x00\x12-\n\x05\x66iles\x18\x03 \x01(\x0b\x32\x1c.lazarus.pageserver.FileListH\x00\x12\x33\n\nstream_end\x18\x04 \x01(\x0b\x32\x1d.lazarus.pageserver.StreamEndH\x00\x12\x31\n\tput_ready\x18\x05 \x01(\x0b\x32\x1c.lazarus.pageserver.PutReadyH\x00\x12/\n\x08put_done\x18\x06 \x01(\x0b\x32\x1b.lazarus.pageserver.PutDoneH\x00\x12\x42\n\x12working_set_stored\x18\x07 \x01(\x0b\x32$.lazarus.pageserver.WorkingSetStoredH\x00\x12\x30\n\x08restored\x18\x08 \x01(\x0b\x32\x1c.lazarus.pageserver.RestoredH\x00\x12\x32\n\tflattened\x18\t \x01(\x0b\x32\x1d.lazarus.pageserver.FlattenedH\x00\x12.\n\x07removed\x18\n \x01(\x0b\x32\x1b.lazarus.pageserver.RemovedH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,28 +57,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTWORKINGSET']._serialized_end=600
   _globals['_RESTOREIMAGE']._serialized_start=602
   _globals['_RESTOREIMAGE']._serialized_end=646
-  _globals['_REQUEST']._serialized_start=649
-  _globals['_REQUEST']._serialized_end=1251
-  _globals['_ERROR']._serialized_start=1254
-  _globals['_ERROR']._serialized_end=1477
-  _globals['_ERROR_CODE']._serialized_start=1327
-  _globals['_ERROR_CODE']._serialized_end=1477
-  _globals['_IMAGELIST']._serialized_start=1479
-  _globals['_IMAGELIST']._serialized_end=1505
-  _globals['_FILEINFO']._serialized_start=1507
-  _globals['_FILEINFO']._serialized_end=1545
-  _globals['_FILELIST']._serialized_start=1547
-  _globals['_FILELIST']._serialized_end=1602
-  _globals['_STREAMEND']._serialized_start=1604
-  _globals['_STREAMEND']._serialized_end=1646
-  _globals['_PUTREADY']._serialized_start=1648
-  _globals['_PUTREADY']._serialized_end=1658
-  _globals['_PUTDONE']._serialized_start=1660
-  _globals['_PUTDONE']._serialized_end=1699
-  _globals['_RESTORED']._serialized_start=1701
-  _globals['_RESTORED']._serialized_end=1741
-  _globals['_WORKINGSETSTORED']._serialized_start=1743
-  _globals['_WORKINGSETSTORED']._serialized_end=1776
-  _globals['_RESPONSE']._serialized_start=1779
-  _globals['_RESPONSE']._serialized_end=2208
+  _globals['_FLATTENCHAIN']._serialized_start=648
+  _globals['_FLATTENCHAIN']._serialized_end=690
+  _globals['_REMOVEIMAGE']._serialized_start=692
+  _globals['_REMOVEIMAGE']._serialized_end=719
+  _globals['_REQUEST']._serialized_start=722
+  _globals['_REQUEST']._serialized_end=1440
+  _globals['_ERROR']._serialized_start=1443
+  _globals['_ERROR']._serialized_end=1666
+  _globals['_ERROR_CODE']._serialized_start=1516
+  _globals['_ERROR_CODE']._serialized_end=1666
+  _globals['_IMAGELIST']._serialized_start=1668
+  _globals['_IMAGELIST']._serialized_end=1694
+  _globals['_FILEINFO']._serialized_start=1696
+  _globals['_FILEINFO']._serialized_end=1734
+  _globals['_FILELIST']._serialized_start=1736
+  _globals['_FILELIST']._serialized_end=1791
+  _globals['_STREAMEND']._serialized_start=1793
+  _globals['_STREAMEND']._serialized_end=1835
+  _globals['_PUTREADY']._serialized_start=1837
+  _globals['_PUTREADY']._serialized_end=1847
+  _globals['_PUTDONE']._serialized_start=1849
+  _globals['_PUTDONE']._serialized_end=1888
+  _globals['_RESTORED']._serialized_start=1890
+  _globals['_RESTORED']._serialized_end=1930
+  _globals['_FLATTENED']._serialized_start=1932
+  _globals['_FLATTENED']._serialized_end=1958
+  _globals['_REMOVED']._serialized_start=1960
+  _globals['_REMOVED']._serialized_end=1969
+  _globals['_WORKINGSETSTORED']._serialized_start=1971
+  _globals['_WORKINGSETSTORED']._serialized_end=2004
+  _globals['_RESPONSE']._serialized_start=2007
+  _globals['_RESPONSE']._serialized_end=2536
 # @@protoc_insertion_point(module_scope)

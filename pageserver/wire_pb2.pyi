@@ -111,8 +111,22 @@ class RestoreImage(_message.Message):
     pidns: bool
     def __init__(self, image: _Optional[str] = ..., pidns: _Optional[bool] = ...) -> None: ...
 
+class FlattenChain(_message.Message):
+    __slots__ = ("last", "name")
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    last: str
+    name: str
+    def __init__(self, last: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RemoveImage(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class Request(_message.Message):
-    __slots__ = ("list_images", "list_files", "get_file", "get_pages", "stream_pages", "put_image", "put_file", "put_commit", "cancel", "put_working_set", "restore_image")
+    __slots__ = ("list_images", "list_files", "get_file", "get_pages", "stream_pages", "put_image", "put_file", "put_commit", "cancel", "put_working_set", "restore_image", "flatten_chain", "remove_image")
     LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     LIST_FILES_FIELD_NUMBER: _ClassVar[int]
     GET_FILE_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +138,8 @@ class Request(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     PUT_WORKING_SET_FIELD_NUMBER: _ClassVar[int]
     RESTORE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FLATTEN_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     list_images: ListImages
     list_files: ListFiles
     get_file: GetFile
@@ -135,7 +151,9 @@ class Request(_message.Message):
     cancel: Cancel
     put_working_set: PutWorkingSet
     restore_image: RestoreImage
-    def __init__(self, list_images: _Optional[_Union[ListImages, _Mapping]] = ..., list_files: _Optional[_Union[ListFiles, _Mapping]] = ..., get_file: _Optional[_Union[GetFile, _Mapping]] = ..., get_pages: _Optional[_Union[GetPages, _Mapping]] = ..., stream_pages: _Optional[_Union[StreamPages, _Mapping]] = ..., put_image: _Optional[_Union[PutImage, _Mapping]] = ..., put_file: _Optional[_Union[PutFile, _Mapping]] = ..., put_commit: _Optional[_Union[PutCommit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., put_working_set: _Optional[_Union[PutWorkingSet, _Mapping]] = ..., restore_image: _Optional[_Union[RestoreImage, _Mapping]] = ...) -> None: ...
+    flatten_chain: FlattenChain
+    remove_image: RemoveImage
+    def __init__(self, list_images: _Optional[_Union[ListImages, _Mapping]] = ..., list_files: _Optional[_Union[ListFiles, _Mapping]] = ..., get_file: _Optional[_Union[GetFile, _Mapping]] = ..., get_pages: _Optional[_Union[GetPages, _Mapping]] = ..., stream_pages: _Optional[_Union[StreamPages, _Mapping]] = ..., put_image: _Optional[_Union[PutImage, _Mapping]] = ..., put_file: _Optional[_Union[PutFile, _Mapping]] = ..., put_commit: _Optional[_Union[PutCommit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., put_working_set: _Optional[_Union[PutWorkingSet, _Mapping]] = ..., restore_image: _Optional[_Union[RestoreImage, _Mapping]] = ..., flatten_chain: _Optional[_Union[FlattenChain, _Mapping]] = ..., remove_image: _Optional[_Union[RemoveImage, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -213,6 +231,16 @@ class Restored(_message.Message):
     seconds: float
     def __init__(self, pid: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
+class Flattened(_message.Message):
+    __slots__ = ("bytes",)
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    def __init__(self, bytes: _Optional[int] = ...) -> None: ...
+
+class Removed(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class WorkingSetStored(_message.Message):
     __slots__ = ("bytes",)
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -220,7 +248,7 @@ class WorkingSetStored(_message.Message):
     def __init__(self, bytes: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("error", "images", "files", "stream_end", "put_ready", "put_done", "working_set_stored", "restored")
+    __slots__ = ("error", "images", "files", "stream_end", "put_ready", "put_done", "working_set_stored", "restored", "flattened", "removed")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +257,8 @@ class Response(_message.Message):
     PUT_DONE_FIELD_NUMBER: _ClassVar[int]
     WORKING_SET_STORED_FIELD_NUMBER: _ClassVar[int]
     RESTORED_FIELD_NUMBER: _ClassVar[int]
+    FLATTENED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
     error: Error
     images: ImageList
     files: FileList
@@ -237,4 +267,6 @@ class Response(_message.Message):
     put_done: PutDone
     working_set_stored: WorkingSetStored
     restored: Restored
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., images: _Optional[_Union[ImageList, _Mapping]] = ..., files: _Optional[_Union[FileList, _Mapping]] = ..., stream_end: _Optional[_Union[StreamEnd, _Mapping]] = ..., put_ready: _Optional[_Union[PutReady, _Mapping]] = ..., put_done: _Optional[_Union[PutDone, _Mapping]] = ..., working_set_stored: _Optional[_Union[WorkingSetStored, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ...) -> None: ...
+    flattened: Flattened
+    removed: Removed
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., images: _Optional[_Union[ImageList, _Mapping]] = ..., files: _Optional[_Union[FileList, _Mapping]] = ..., stream_end: _Optional[_Union[StreamEnd, _Mapping]] = ..., put_ready: _Optional[_Union[PutReady, _Mapping]] = ..., put_done: _Optional[_Union[PutDone, _Mapping]] = ..., working_set_stored: _Optional[_Union[WorkingSetStored, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ..., flattened: _Optional[_Union[Flattened, _Mapping]] = ..., removed: _Optional[_Union[Removed, _Mapping]] = ...) -> None: ...

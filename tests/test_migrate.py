@@ -39,6 +39,9 @@ def test_migrate_process_rewriting_its_memory(procs: Procs, tmp_path: Path,
     # This server was not started with --allow-restore: the command says so.
     assert "not restored there" in text and "--allow-restore" in text
     assert (served.images / "mig" / "inventory.img").is_file()
+    # The rounds went up while it ran; the server made one image of them.
+    assert sorted(p.name for p in served.images.iterdir()) == ["mig"]
+    assert "made of the chain by the page server" in text
 
     pid = restore_lazy(served, "mig", tmp_path / "pid")
     procs.adopt(pid)
@@ -83,7 +86,8 @@ def test_migrate_failing_at_final_dump_leaves_process_running(
     assert "failing after stage collect" in error_line(res)
     # Pre-dump rounds ran; the failed final dump leaves no tracking fd behind.
     assert is_alive(w.pid) and uffd_fds(w.pid) == []
-    assert not (served.images / "x").exists()
+    # The rounds it had sent are removed again.
+    assert list(served.images.iterdir()) == []
     os.kill(w.pid, signal.SIGUSR1)
     wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
     assert report_lines(out)[1].startswith("ok ")
@@ -171,3 +175,45 @@ def test_migrate_to_a_taken_name_leaves_process_running(
     os.kill(w.pid, signal.SIGUSR1)
     wait_until(lambda: len(report_lines(out)) == 2, 30, "the rewriter's report")
     assert report_lines(out)[1].startswith("ok ")
+
+
+def test_flatten_and_remove_requests_are_checked(procs: Procs, tmp_path: Path,
+                                                 served: ServerProc) -> None:  # noqa: F811
+    w = procs.python("rewriter", str(tmp_path / "report"), "--total", "8", "--hot", "4")
+    wait_until(lambda: report_lines(tmp_path / "report") == ["ready"], 30, "the rewriter")
+    # A chain whose parent lies outside the served directory.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ok(lazarus("pre-dump", "-t", str(w.pid), "-D", str(outside / "pre")))
+    ok(lazarus("dump", "-t", str(w.pid), "-D", str(served.images / "evil"),
+               "--prev", str(outside / "pre")))
+    w.reap()
+    (served.images / "other").mkdir()
+    (served.images / "other" / "inventory.img").write_bytes(b"")
+
+    async def ask(call: str, *args: str) -> RemoteError:
+        client = await served.connect()
+        try:
+            with pytest.raises(RemoteError) as info:
+                await getattr(client, call)(*args)
+            return info.value
+        finally:
+            await client.close()
+
+    err = asyncio.run(ask("flatten_chain", "evil", "flat"))
+    assert err.code == wire.Error.BAD_REQUEST and "beyond the stored images" in str(err)
+    assert asyncio.run(ask("flatten_chain", "nope", "flat")).code == wire.Error.NOT_FOUND
+    assert asyncio.run(ask("flatten_chain", "evil", "other")).code == wire.Error.EXISTS
+    assert asyncio.run(ask("remove_image", "nope")).code == wire.Error.NOT_FOUND
+    assert (outside / "pre" / "inventory.img").is_file(), "nothing outside was touched"
+
+    async def remove(name: str) -> None:
+        client = await served.connect()
+        try:
+            await client.remove_image(name)
+        finally:
+            await client.close()
+
+    asyncio.run(remove("evil"))
+    assert sorted(p.name for p in served.images.iterdir()) == ["other"]
+    assert served.alive()
