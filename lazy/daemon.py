@@ -32,6 +32,12 @@ DEFAULT_FAULT_AROUND = 64     # pages fetched per fault
 PUSH_CHUNK_MIN = 16           # pages per request when pushing leftovers; doubles up to MAX
 PUSH_CHUNK_MAX = 1024
 EAGAIN_RETRIES = 1000
+# Read-ahead for sequential faults, as the kernel does for files: the window
+# doubles on every fault that continues the stream, up to read_ahead pages
+# (default below), and is requested in chunks of at most RA_CHUNK_PAGES that
+# travel pipelined (one request each), so a fault waits for its own chunk only.
+DEFAULT_READ_AHEAD = 4096     # 16 MiB
+RA_CHUNK_PAGES = 256          # 1 MiB per request
 
 
 class LazyError(Exception):
@@ -46,6 +52,7 @@ class LazyStats:
     faults: int = 0
     pages_faulted: int = 0
     pages_pushed: int = 0
+    pages_readahead: int = 0        # copied ahead of sequential faults
     zero_pages: int = 0
     events: int = 0
     pages_prefetched: int = 0       # the recorded working set, copied before the release
@@ -76,6 +83,7 @@ class LazyStats:
             out.faults += s.faults
             out.pages_faulted += s.pages_faulted
             out.pages_pushed += s.pages_pushed
+            out.pages_readahead += s.pages_readahead
             out.zero_pages += s.zero_pages
             out.events += s.events
             out.pages_prefetched += s.pages_prefetched
@@ -93,7 +101,8 @@ class LazyStats:
     def as_dict(self) -> dict[str, object]:
         last = self.time_to_last_page
         return {"faults": self.faults, "pages_faulted": self.pages_faulted,
-                "pages_pushed": self.pages_pushed, "zero_pages": self.zero_pages,
+                "pages_pushed": self.pages_pushed, "pages_readahead": self.pages_readahead,
+                "zero_pages": self.zero_pages,
                 "events": self.events, "pages_prefetched": self.pages_prefetched,
                 "prefetch_seconds": self.prefetch_seconds, "time_to_last_page": last,
                 "fault_latency_p50": self.latency(0.5), "fault_latency_p99": self.latency(0.99)}
@@ -103,12 +112,23 @@ def _addr(data: bytes) -> int:
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
 
 
+@dataclass(eq=False)
+class _Chunk:
+    """A read-ahead request in flight: process addresses [start, end) as they
+    were when it was issued; `done` resolves once its pages are copied (or it
+    failed: a fault waiting on it then checks its page and fetches it itself)."""
+    start: int
+    end: int
+    done: asyncio.Future[None]
+
+
 class LazyDaemon:
     def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
                  push_source: PageSource | None = None,
                  fault_around: int = DEFAULT_FAULT_AROUND, push_delay: float = 0.0,
                  stall_timeout: float = 30.0,
-                 on_fork: Callable[[LazyDaemon], None] | None = None) -> None:
+                 on_fork: Callable[[LazyDaemon], None] | None = None,
+                 read_ahead: int = DEFAULT_READ_AHEAD) -> None:
         self.fd = uffd_fd
         self.pid = pid
         self.regions = regions
@@ -131,6 +151,15 @@ class LazyDaemon:
         # brought pages in, in order, until record_window s after the resume.
         self.recording: list[tuple[int, int]] | None = None
         self.record_window = 0.0
+        # Read-ahead (0: off). The stream: the page of its last fault, the end
+        # of what it has requested (process addresses), its window in pages,
+        # and its requests in flight. Only a guess of what comes next: every
+        # copy still goes by the pending bits, whatever the stream says.
+        self.read_ahead = max(0, read_ahead)
+        self._ra_window = self.fault_around
+        self._ra_last = -1
+        self._ra_end = -1
+        self._ra_chunks: list[_Chunk] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -213,9 +242,12 @@ class LazyDaemon:
             elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
                 self.stats.events += 1
                 self.regions.drop_range(msg.a, msg.b)
+                if msg.a < self._ra_end and msg.b > self._ra_last:
+                    self._ra_reset()   # the stream's memory changed under it
             elif msg.event == uffd.UFFD_EVENT_REMAP:
                 self.stats.events += 1
                 self.regions.remap(msg.a, msg.b, msg.c)
+                self._ra_reset()       # addresses moved: start the guess afresh
             elif msg.event == uffd.UFFD_EVENT_FORK:
                 self.stats.events += 1
                 self._on_fork(msg.a & 0xFFFFFFFF)
@@ -236,7 +268,7 @@ class LazyDaemon:
             pass
         child = LazyDaemon(child_fd, child_pid, self.regions.copy(), self.fault_source,
                            self.push_source, self.fault_around, 0.0, self.stall_timeout,
-                           self.on_fork)
+                           self.on_fork, self.read_ahead)
         child.start()
         child.start_push()
         if self.on_fork is not None:
@@ -309,9 +341,18 @@ class LazyDaemon:
             self._record_fault(t0)
             return
         # While recording, one page per fault: pages brought around a fault
-        # would be used without faulting, and the recording would miss them.
+        # would be used without faulting, and the recording would miss them;
+        # read-ahead would hide them the same way, so it is off too.
         recording = self.recording is not None and self._recording_open()
-        around = 1 if recording else self.fault_around
+        if recording or not self.read_ahead:
+            around = 1 if recording else self.fault_around
+            await self._serve_window(region, index, page, around, recording, t0)
+            return
+        await self._serve_sequential(region, index, page, t0)
+
+    async def _serve_window(self, region: Region, index: int, page: int, around: int,
+                            recording: bool, t0: float) -> None:
+        """The fault's own window: `around` pages from the faulting one."""
         count = min(around, len(region.pending) - index)
         src = region.src + index * PAGE
         data = await self.fault_source.get_pages(src, count)
@@ -325,6 +366,85 @@ class LazyDaemon:
         if region.pending[index]:
             uffd.wake(self.fd, page, PAGE)
         self._record_fault(t0)
+        self._check_complete()
+
+    # -- read-ahead --------------------------------------------------------
+
+    def _ra_reset(self) -> None:
+        self._ra_window = self.fault_around
+        self._ra_last = self._ra_end = -1
+        self._ra_chunks = []   # those in flight still fill, by image address
+
+    def _ra_chunk_at(self, page: int) -> _Chunk | None:
+        for chunk in self._ra_chunks:
+            if chunk.start <= page < chunk.end:
+                return chunk
+        return None
+
+    async def _serve_sequential(self, region: Region, index: int, page: int,
+                                t0: float) -> None:
+        """A fault with read-ahead on: a fault that continues the stream (in a
+        chunk in flight, or at or just past the end of what was requested)
+        doubles the window and requests what lies beyond, up to a window ahead
+        of it; any other fault starts a new stream with the default window."""
+        chunk = self._ra_chunk_at(page)
+        sequential = chunk is not None or \
+            self._ra_last < page < self._ra_end + self.fault_around * PAGE
+        if not sequential:
+            self._ra_reset()
+        else:
+            self._ra_window = min(self._ra_window * 2, max(self.read_ahead, self.fault_around))
+        self._ra_last = max(self._ra_last, page) if sequential else page
+        if chunk is None:
+            # Nothing in flight holds the page: its own window first (sent
+            # first, so it leads the queue), then the read-ahead behind it.
+            count = min(self.fault_around, len(region.pending) - index)
+            own_end = page + count * PAGE
+            self._ra_end = max(self._ra_end, own_end)
+            if sequential:
+                self._ra_issue(region, page + self._ra_window * PAGE)
+            await self._serve_window(region, index, page, count, False, t0)
+            return
+        self._ra_issue(region, page + self._ra_window * PAGE)
+        await chunk.done
+        now = self.regions.find(page)
+        if now is not None and now.pending[now.page_index(page)]:
+            # The chunk did not bring it (it failed, or the page moved): as
+            # any other fault, without touching the stream again.
+            await self._serve_window(now, now.page_index(page), page, self.fault_around,
+                                     False, t0)
+            return
+        uffd.wake(self.fd, page, PAGE)   # the copy woke it, unless the page was dropped
+        self._record_fault(t0)
+
+    def _ra_issue(self, region: Region, target: int) -> None:
+        """Request the stream's pages still owed from its end up to `target`
+        (not past the region), in chunks, each a task of its own."""
+        start = max(self._ra_end, region.start)
+        end = min(target, region.end)
+        if start >= end:
+            return
+        self._ra_end = end
+        for i, n in self.regions.pending_runs(region, start, (end - start) // PAGE):
+            for k in range(0, n, RA_CHUNK_PAGES):
+                m = min(RA_CHUNK_PAGES, n - k)
+                addr = region.start + (i + k) * PAGE
+                chunk = _Chunk(addr, addr + m * PAGE, self._loop.create_future())
+                self._ra_chunks.append(chunk)
+                self._spawn(self._ra_fetch(chunk, region.src + (i + k) * PAGE, m))
+
+    async def _ra_fetch(self, chunk: _Chunk, src: int, count: int) -> None:
+        try:
+            data = await self.fault_source.get_pages(src, count)
+            # By image address: the pages go wherever they live now, and
+            # only those still owed (REMOVE, UNMAP, REMAP, faults and the
+            # push may all have come first).
+            self.stats.pages_readahead += await self._fill_image_block(src, data)
+        finally:
+            if chunk in self._ra_chunks:
+                self._ra_chunks.remove(chunk)
+            if not chunk.done.done():
+                chunk.done.set_result(None)
         self._check_complete()
 
     def start_recording(self, window: float) -> None:
