@@ -34,10 +34,13 @@ PUSH_CHUNK_MAX = 1024
 EAGAIN_RETRIES = 1000
 # Read-ahead for sequential faults, as the kernel does for files: the window
 # doubles on every fault that continues the stream, up to read_ahead pages
-# (default below), and is requested in chunks of at most RA_CHUNK_PAGES that
-# travel pipelined (one request each), so a fault waits for its own chunk only.
+# (default below). It is requested in chunks aligned to RA_CHUNK_PAGES in the
+# region (an image block each, usually: no partial reads or joins), at most
+# RA_DEPTH in flight: a fault waits for its own chunk only, and a deeper queue
+# only makes the page server buffer (fresh memory, slower) what it cannot send.
 DEFAULT_READ_AHEAD = 4096     # 16 MiB
-RA_CHUNK_PAGES = 256          # 1 MiB per request
+RA_CHUNK_PAGES = 64           # 256 KiB per request
+RA_DEPTH = 8
 
 
 class LazyError(Exception):
@@ -159,6 +162,8 @@ class LazyDaemon:
         self._ra_window = self.fault_around
         self._ra_last = -1
         self._ra_end = -1
+        self._ra_target = -1      # where the stream wants its requests to reach
+        self._ra_region: Region | None = None
         self._ra_chunks: list[_Chunk] = []
 
     # -- lifecycle ---------------------------------------------------------
@@ -372,7 +377,8 @@ class LazyDaemon:
 
     def _ra_reset(self) -> None:
         self._ra_window = self.fault_around
-        self._ra_last = self._ra_end = -1
+        self._ra_last = self._ra_end = self._ra_target = -1
+        self._ra_region = None
         self._ra_chunks = []   # those in flight still fill, by image address
 
     def _ra_chunk_at(self, page: int) -> _Chunk | None:
@@ -418,20 +424,35 @@ class LazyDaemon:
         self._record_fault(t0)
 
     def _ra_issue(self, region: Region, target: int) -> None:
-        """Request the stream's pages still owed from its end up to `target`
-        (not past the region), in chunks, each a task of its own."""
-        start = max(self._ra_end, region.start)
-        end = min(target, region.end)
-        if start >= end:
-            return
-        self._ra_end = end
-        for i, n in self.regions.pending_runs(region, start, (end - start) // PAGE):
-            for k in range(0, n, RA_CHUNK_PAGES):
-                m = min(RA_CHUNK_PAGES, n - k)
-                addr = region.start + (i + k) * PAGE
-                chunk = _Chunk(addr, addr + m * PAGE, self._loop.create_future())
-                self._ra_chunks.append(chunk)
-                self._spawn(self._ra_fetch(chunk, region.src + (i + k) * PAGE, m))
+        """Let the stream's requests reach `target` (not past the region)."""
+        if region is not self._ra_region:
+            self._ra_region = region
+            self._ra_target = -1
+        self._ra_target = max(self._ra_target, min(target, region.end))
+        self._ra_pump()
+
+    def _ra_pump(self) -> None:
+        """Request the stream's pages still owed, from its end towards its
+        target, one chunk per task, while fewer than RA_DEPTH are in flight."""
+        region = self._ra_region
+        while region is not None and len(self._ra_chunks) < RA_DEPTH and \
+                self._ra_end < self._ra_target and not (self._closed or self._gone):
+            i = region.page_index(max(self._ra_end, region.start))
+            stop = min((i // RA_CHUNK_PAGES + 1) * RA_CHUNK_PAGES,
+                       region.page_index(self._ra_target), len(region.pending))
+            if stop <= i:
+                break
+            self._ra_end = region.start + stop * PAGE
+            runs = self.regions.pending_runs(region, region.start + i * PAGE, stop - i)
+            if not runs:
+                continue
+            # One request from the first to the last page still owed: what
+            # is in already between them is skipped by the fill.
+            lo, hi = runs[0][0], runs[-1][0] + runs[-1][1]
+            chunk = _Chunk(region.start + lo * PAGE, region.start + hi * PAGE,
+                           self._loop.create_future())
+            self._ra_chunks.append(chunk)
+            self._spawn(self._ra_fetch(chunk, region.src + lo * PAGE, hi - lo))
 
     async def _ra_fetch(self, chunk: _Chunk, src: int, count: int) -> None:
         try:
@@ -446,6 +467,7 @@ class LazyDaemon:
             if not chunk.done.done():
                 chunk.done.set_result(None)
         self._check_complete()
+        self._ra_pump()
 
     def start_recording(self, window: float) -> None:
         """Record the faults from now until `window` s after the resume."""
