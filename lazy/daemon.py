@@ -115,6 +115,13 @@ def _addr(data: bytes) -> int:
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
 
 
+def _buf_addr(data: bytes | memoryview) -> int:
+    """Address of bytes, or of a writable buffer (a view of a receive buffer)."""
+    if isinstance(data, bytes):
+        return _addr(data)
+    return ctypes.addressof(ctypes.c_char.from_buffer(data))
+
+
 @dataclass(eq=False)
 class _Chunk:
     """A read-ahead request in flight: process addresses [start, end) as they
@@ -285,12 +292,11 @@ class LazyDaemon:
 
     # -- filling -----------------------------------------------------------
 
-    def _copy_run(self, region: Region, index: int, data: bytes, offset: int,
+    def _copy_run(self, region: Region, index: int, base: int,
                   count: int) -> tuple[int, bool]:
-        """Copy `count` pages of data[offset:] to page `index` of region.
+        """Copy `count` pages from address `base` to page `index` of region.
         Returns (pages now in, retry) where retry asks to try again later (EAGAIN)."""
         dst = region.start + index * PAGE
-        base = _addr(data) + offset
         done = 0
         while done < count:
             res = uffd.copy(self.fd, dst + done * PAGE, base + done * PAGE, (count - done) * PAGE)
@@ -321,9 +327,10 @@ class LazyDaemon:
                 return copied
             retry = False
             start = region.start + index * PAGE
+            base = _addr(data)
             for i, n in self.regions.pending_runs(region, start, count):
                 off = (first + i - index) * PAGE
-                got, retry = self._copy_run(region, i, data, off, n)
+                got, retry = self._copy_run(region, i, base + off, n)
                 copied += got
                 if retry:
                     break
@@ -455,12 +462,18 @@ class LazyDaemon:
             self._spawn(self._ra_fetch(chunk, region.src + lo * PAGE, hi - lo))
 
     async def _ra_fetch(self, chunk: _Chunk, src: int, count: int) -> None:
+        later: list[tuple[int, bytes]] = []
+
+        def sink(vaddr: int, data: bytes | memoryview, offset: int, nbytes: int) -> None:
+            # Straight from the source's buffer into the process, as the
+            # parts arrive; what EAGAIN leaves is copied out and done below.
+            if not self._fill_now(vaddr, _buf_addr(data) + offset, nbytes):
+                later.append((vaddr, bytes(memoryview(data)[offset : offset + nbytes])))
+
         try:
-            data = await self.fault_source.get_pages(src, count)
-            # By image address: the pages go wherever they live now, and
-            # only those still owed (REMOVE, UNMAP, REMAP, faults and the
-            # push may all have come first).
-            self.stats.pages_readahead += await self._fill_image_block(src, data)
+            await self.fault_source.get_pages_into(src, count, sink)
+            for vaddr, data in later:
+                self.stats.pages_readahead += await self._fill_image_block(vaddr, data)
         finally:
             if chunk in self._ra_chunks:
                 self._ra_chunks.remove(chunk)
@@ -547,6 +560,29 @@ class LazyDaemon:
 
     async def _push_block(self, vaddr: int, data: bytes) -> None:
         self.stats.pages_pushed += await self._fill_image_block(vaddr, data)
+
+    def _fill_now(self, vaddr: int, base: int, nbytes: int) -> bool:
+        """Copy the owed pages of image range [vaddr, vaddr + nbytes), held at
+        address `base`, wherever they live now (by image address, as
+        _fill_image_block; counted as read ahead). False if EAGAIN left some
+        for later (the layout is changing: the event must be read first)."""
+        if self._closed or self._gone:
+            return True
+        end = vaddr + nbytes
+        for region in self.regions:
+            src_end = region.src + len(region.pending) * PAGE
+            lo, hi = max(vaddr, region.src), min(end, src_end)
+            if lo >= hi:
+                continue
+            index = (lo - region.src) // PAGE
+            for i, n in self.regions.pending_runs(region, region.start + index * PAGE,
+                                                  (hi - lo) // PAGE):
+                got, retry = self._copy_run(region, i,
+                                            base + (region.src + i * PAGE - vaddr), n)
+                self.stats.pages_readahead += got
+                if retry:
+                    return False
+        return True
 
     async def _fill_image_block(self, vaddr: int, data: bytes) -> int:
         """A block in image addresses: copy the parts of it still owed, wherever
