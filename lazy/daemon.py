@@ -39,8 +39,8 @@ EAGAIN_RETRIES = 1000
 # RA_DEPTH in flight: a fault waits for its own chunk only, and a deeper queue
 # only makes the page server buffer (fresh memory, slower) what it cannot send.
 DEFAULT_READ_AHEAD = 4096     # 16 MiB
-RA_CHUNK_PAGES = 64           # 256 KiB per request
-RA_DEPTH = 8
+RA_CHUNK_PAGES = 128          # 512 KiB per request
+RA_DEPTH = 8                  # 4 MiB in flight
 
 
 class LazyError(Exception):
