@@ -35,7 +35,7 @@ EAGAIN_RETRIES = 1000
 # Read-ahead for sequential faults, as the kernel does for files: the window
 # doubles on every fault that continues the stream, up to read_ahead pages
 # (default below). It is requested in chunks aligned to RA_CHUNK_PAGES in the
-# region (an image block each, usually: no partial reads or joins), at most
+# region (whole image blocks, usually: no partial reads), at most
 # RA_DEPTH in flight: a fault waits for its own chunk only, and a deeper queue
 # only makes the page server buffer (fresh memory, slower) what it cannot send.
 DEFAULT_READ_AHEAD = 4096     # 16 MiB
