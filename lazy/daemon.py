@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from core import procfs
@@ -569,7 +569,13 @@ class LazyDaemon:
         if self._closed or self._gone:
             return True
         end = vaddr + nbytes
-        for region in self.regions:
+        region = self.regions.find(vaddr)
+        if region is not None and region.src == region.start and end <= region.end:
+            # Where the image put it (nothing moved): no walk over every region.
+            regions: Iterable[Region] = (region,)
+        else:
+            regions = self.regions
+        for region in regions:
             src_end = region.src + len(region.pending) * PAGE
             lo, hi = max(vaddr, region.src), min(end, src_end)
             if lo >= hi:
