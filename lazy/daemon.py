@@ -132,6 +132,28 @@ class _Chunk:
     done: asyncio.Future[None]
 
 
+@dataclass(eq=False)
+class _Stream:
+    """Read-ahead state of one region (as the kernel keeps one per open file,
+    so that faults elsewhere, e.g. an interpreter's heap, do not break a scan):
+    the page of its last fault, the end of what it has requested and where it
+    wants its requests to reach (process addresses), its window in pages, and
+    its requests in flight. Only a guess of what comes next: every copy still
+    goes by the pending bits, whatever the stream says."""
+    region: Region
+    window: int
+    last: int = -1
+    end: int = -1
+    target: int = -1
+    chunks: list[_Chunk] = field(default_factory=list)
+
+    def chunk_at(self, page: int) -> _Chunk | None:
+        for chunk in self.chunks:
+            if chunk.start <= page < chunk.end:
+                return chunk
+        return None
+
+
 class LazyDaemon:
     def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
                  push_source: PageSource | None = None,
@@ -161,17 +183,9 @@ class LazyDaemon:
         # brought pages in, in order, until record_window s after the resume.
         self.recording: list[tuple[int, int]] | None = None
         self.record_window = 0.0
-        # Read-ahead (0: off). The stream: the page of its last fault, the end
-        # of what it has requested (process addresses), its window in pages,
-        # and its requests in flight. Only a guess of what comes next: every
-        # copy still goes by the pending bits, whatever the stream says.
+        # Read-ahead (0: off): one stream per region, by id(region).
         self.read_ahead = max(0, read_ahead)
-        self._ra_window = self.fault_around
-        self._ra_last = -1
-        self._ra_end = -1
-        self._ra_target = -1      # where the stream wants its requests to reach
-        self._ra_region: Region | None = None
-        self._ra_chunks: list[_Chunk] = []
+        self._streams: dict[int, _Stream] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -254,12 +268,14 @@ class LazyDaemon:
             elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
                 self.stats.events += 1
                 self.regions.drop_range(msg.a, msg.b)
-                if msg.a < self._ra_end and msg.b > self._ra_last:
-                    self._ra_reset()   # the stream's memory changed under it
+                # A stream whose memory changed under it starts afresh.
+                for key, st in list(self._streams.items()):
+                    if msg.a < max(st.end, st.target) and msg.b > st.last:
+                        del self._streams[key]
             elif msg.event == uffd.UFFD_EVENT_REMAP:
                 self.stats.events += 1
                 self.regions.remap(msg.a, msg.b, msg.c)
-                self._ra_reset()       # addresses moved: start the guess afresh
+                self._streams.clear()  # addresses moved: start the guesses afresh
             elif msg.event == uffd.UFFD_EVENT_FORK:
                 self.stats.events += 1
                 self._on_fork(msg.a & 0xFFFFFFFF)
@@ -382,43 +398,37 @@ class LazyDaemon:
 
     # -- read-ahead --------------------------------------------------------
 
-    def _ra_reset(self) -> None:
-        self._ra_window = self.fault_around
-        self._ra_last = self._ra_end = self._ra_target = -1
-        self._ra_region = None
-        self._ra_chunks = []   # those in flight still fill, by image address
-
-    def _ra_chunk_at(self, page: int) -> _Chunk | None:
-        for chunk in self._ra_chunks:
-            if chunk.start <= page < chunk.end:
-                return chunk
-        return None
+    def _stream(self, region: Region) -> _Stream:
+        st = self._streams.get(id(region))
+        if st is None or st.region is not region:
+            st = self._streams[id(region)] = _Stream(region, self.fault_around)
+        return st
 
     async def _serve_sequential(self, region: Region, index: int, page: int,
                                 t0: float) -> None:
-        """A fault with read-ahead on: a fault that continues the stream (in a
-        chunk in flight, or at or just past the end of what was requested)
-        doubles the window and requests what lies beyond, up to a window ahead
-        of it; any other fault starts a new stream with the default window."""
-        chunk = self._ra_chunk_at(page)
-        sequential = chunk is not None or \
-            self._ra_last < page < self._ra_end + self.fault_around * PAGE
-        if not sequential:
-            self._ra_reset()
+        """A fault with read-ahead on: a fault that continues its region's
+        stream (in a chunk in flight, or at or just past the end of what was
+        requested) doubles the window and requests what lies beyond, up to a
+        window ahead of it; any other fault restarts the stream with the
+        default window (its requests in flight go on)."""
+        st = self._stream(region)
+        chunk = st.chunk_at(page)
+        sequential = chunk is not None or st.last < page < st.end + self.fault_around * PAGE
+        if sequential:
+            st.window = min(st.window * 2, max(self.read_ahead, self.fault_around))
+            st.last = max(st.last, page)
         else:
-            self._ra_window = min(self._ra_window * 2, max(self.read_ahead, self.fault_around))
-        self._ra_last = max(self._ra_last, page) if sequential else page
+            st.window, st.last, st.end, st.target = self.fault_around, page, -1, -1
         if chunk is None:
             # Nothing in flight holds the page: its own window first (sent
             # first, so it leads the queue), then the read-ahead behind it.
             count = min(self.fault_around, len(region.pending) - index)
-            own_end = page + count * PAGE
-            self._ra_end = max(self._ra_end, own_end)
+            st.end = max(st.end, page + count * PAGE)
             if sequential:
-                self._ra_issue(region, page + self._ra_window * PAGE)
+                self._ra_issue(st, page + st.window * PAGE)
             await self._serve_window(region, index, page, count, False, t0)
             return
-        self._ra_issue(region, page + self._ra_window * PAGE)
+        self._ra_issue(st, page + st.window * PAGE)
         await chunk.done
         now = self.regions.find(page)
         if now is not None and now.pending[now.page_index(page)]:
@@ -430,26 +440,23 @@ class LazyDaemon:
         uffd.wake(self.fd, page, PAGE)   # the copy woke it, unless the page was dropped
         self._record_fault(t0)
 
-    def _ra_issue(self, region: Region, target: int) -> None:
-        """Let the stream's requests reach `target` (not past the region)."""
-        if region is not self._ra_region:
-            self._ra_region = region
-            self._ra_target = -1
-        self._ra_target = max(self._ra_target, min(target, region.end))
-        self._ra_pump()
+    def _ra_issue(self, st: _Stream, target: int) -> None:
+        """Let the stream's requests reach `target` (not past its region)."""
+        st.target = max(st.target, min(target, st.region.end))
+        self._ra_pump(st)
 
-    def _ra_pump(self) -> None:
+    def _ra_pump(self, st: _Stream) -> None:
         """Request the stream's pages still owed, from its end towards its
         target, one chunk per task, while fewer than RA_DEPTH are in flight."""
-        region = self._ra_region
-        while region is not None and len(self._ra_chunks) < RA_DEPTH and \
-                self._ra_end < self._ra_target and not (self._closed or self._gone):
-            i = region.page_index(max(self._ra_end, region.start))
+        region = st.region
+        while len(st.chunks) < RA_DEPTH and st.end < st.target and \
+                self._streams.get(id(region)) is st and not (self._closed or self._gone):
+            i = region.page_index(max(st.end, region.start))
             stop = min((i // RA_CHUNK_PAGES + 1) * RA_CHUNK_PAGES,
-                       region.page_index(self._ra_target), len(region.pending))
+                       region.page_index(st.target), len(region.pending))
             if stop <= i:
                 break
-            self._ra_end = region.start + stop * PAGE
+            st.end = region.start + stop * PAGE
             runs = self.regions.pending_runs(region, region.start + i * PAGE, stop - i)
             if not runs:
                 continue
@@ -458,29 +465,38 @@ class LazyDaemon:
             lo, hi = runs[0][0], runs[-1][0] + runs[-1][1]
             chunk = _Chunk(region.start + lo * PAGE, region.start + hi * PAGE,
                            self._loop.create_future())
-            self._ra_chunks.append(chunk)
-            self._spawn(self._ra_fetch(chunk, region.src + lo * PAGE, hi - lo))
+            st.chunks.append(chunk)
+            self._spawn(self._ra_fetch(st, chunk, region.src + lo * PAGE, hi - lo))
 
-    async def _ra_fetch(self, chunk: _Chunk, src: int, count: int) -> None:
+    async def _ra_fetch(self, st: _Stream, chunk: _Chunk, src: int, count: int) -> None:
         later: list[tuple[int, bytes]] = []
+        errors: list[Exception] = []
 
         def sink(vaddr: int, data: bytes | memoryview, offset: int, nbytes: int) -> None:
             # Straight from the source's buffer into the process, as the
             # parts arrive; what EAGAIN leaves is copied out and done below.
-            if not self._fill_now(vaddr, _buf_addr(data) + offset, nbytes):
-                later.append((vaddr, bytes(memoryview(data)[offset : offset + nbytes])))
+            # An error here is ours, not the source's: kept, raised below.
+            if errors:
+                return
+            try:
+                if not self._fill_now(vaddr, _buf_addr(data) + offset, nbytes):
+                    later.append((vaddr, bytes(memoryview(data)[offset : offset + nbytes])))
+            except Exception as exc:
+                errors.append(exc)
 
         try:
             await self.fault_source.get_pages_into(src, count, sink)
+            if errors:
+                raise errors[0]
             for vaddr, data in later:
                 self.stats.pages_readahead += await self._fill_image_block(vaddr, data)
         finally:
-            if chunk in self._ra_chunks:
-                self._ra_chunks.remove(chunk)
+            if chunk in st.chunks:
+                st.chunks.remove(chunk)
             if not chunk.done.done():
                 chunk.done.set_result(None)
         self._check_complete()
-        self._ra_pump()
+        self._ra_pump(st)
 
     def start_recording(self, window: float) -> None:
         """Record the faults from now until `window` s after the resume."""
