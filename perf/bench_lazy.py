@@ -21,9 +21,11 @@ Then, per round:
    (`--push-delay`), then on SIGUSR2 the process reads one byte of each page
    of its buffer in order and reports how long that took: every page comes
    through the fault path. Largest size with the default fault-around, from
-   both sources; the smallest size with fault-around 1 and the default, for
-   per-fault latencies (p50/p99 from `--stats`, written to `--log-file` by
-   the detached daemon when it ends). The checksum is checked after each.
+   both sources, with read-ahead (the default) and without (`--read-ahead
+   0`), for the comparison in the same run; the smallest size with the
+   defaults, and with fault-around 1 and no read-ahead, for per-fault
+   latencies (p50/p99 from `--stats`, written to `--log-file` by the
+   detached daemon when it ends). The checksum is checked after each.
 
 Nothing here asserts a speed (the machines are shared and noisy); the exit
 status is non-zero only if a restore failed or a checksum or PID differed.
