@@ -32,6 +32,7 @@ DEFAULT_FAULT_AROUND = 64     # pages fetched per fault
 PUSH_CHUNK_MIN = 16           # pages per request when pushing leftovers; doubles up to MAX
 PUSH_CHUNK_MAX = 1024
 EAGAIN_RETRIES = 1000
+RETRY_SECONDS = 5.0           # ... and for at least this long before giving up
 # Read-ahead for sequential faults, as the kernel does for files: the window
 # doubles on every fault that continues the stream, up to read_ahead pages
 # (default below). It is requested in chunks aligned to RA_CHUNK_PAGES in the
@@ -314,8 +315,10 @@ class LazyDaemon:
         Returns (pages now in, retry) where retry asks to try again later (EAGAIN)."""
         dst = region.start + index * PAGE
         done = 0
+        single = False     # page by page, after a run met a mapping's end (ENOENT)
         while done < count:
-            res = uffd.copy(self.fd, dst + done * PAGE, base + done * PAGE, (count - done) * PAGE)
+            length = PAGE if single else (count - done) * PAGE
+            res = uffd.copy(self.fd, dst + done * PAGE, base + done * PAGE, length)
             if res > 0:
                 n = res // PAGE
                 self.regions.mark_done(region, index + done, n)
@@ -325,6 +328,17 @@ class LazyDaemon:
                 self.regions.mark_done(region, index + done, 1)
                 done += 1
             elif res == -errno.EAGAIN:
+                return done, True
+            elif res == -errno.ENOENT and self.pid and procfs.is_alive(self.pid):
+                # The process lives but no registered mapping holds the whole
+                # range: a run across the end of one (split by the process),
+                # or a page whose unmap (or move) event is not read yet (seen
+                # under load, with read-ahead in flight). Page by page; a page
+                # that still has none waits, as for EAGAIN, for the event that
+                # says where it went: never marked in without a copy.
+                if not single and count - done > 1:
+                    single = True
+                    continue
                 return done, True
             elif res in (-errno.ESRCH, -errno.ENOENT):
                 self.process_gone()
@@ -338,7 +352,10 @@ class LazyDaemon:
         """Copy the still-pending pages among data's pages [first, first+count)
         (page `first` of data belongs at page `index` of region). Returns pages copied."""
         copied = 0
-        for _ in range(EAGAIN_RETRIES):
+        deadline = time.monotonic() + RETRY_SECONDS
+        tries = 0
+        while tries < EAGAIN_RETRIES or time.monotonic() < deadline:
+            tries += 1
             if self._closed or self._gone or index >= len(region.pending):
                 return copied
             retry = False
@@ -352,7 +369,9 @@ class LazyDaemon:
                     break
             if not retry:
                 return copied
-            await asyncio.sleep(0)   # let the pending event be read, then try again
+            # Let the pending event be read, then try again (a process that
+            # has not sent it yet may need a moment: bounded in time too).
+            await asyncio.sleep(0 if tries < EAGAIN_RETRIES else 0.001)
         raise LazyError(f"userfaultfd copy at {region.start + index * PAGE:#x} kept failing")
 
     async def _serve_fault(self, page: int, t0: float) -> None:
