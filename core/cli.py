@@ -21,7 +21,7 @@ from core.images import ImageError, describe_image, format_description
 from core.progress import Progress, terminal_stream
 from core.remote import ServerAddress
 from core.restore.context import RestoreOptions
-from lazy.daemon import LazyDaemon, LazyError, LazyStats
+from lazy.daemon import DEFAULT_READ_AHEAD, LazyDaemon, LazyError, LazyStats
 
 T = TypeVar("T")
 log = logging.getLogger("lazarus")
@@ -227,6 +227,7 @@ def format_lazy_stats(resume_seconds: float, lazy: LazyStats, fetched: int, wire
         f"  pages prefetched  {lazy.pages_prefetched} (working set, "
         f"{ms(lazy.prefetch_seconds)} before the release)",
         f"  pages pushed      {lazy.pages_pushed}",
+        f"  pages read ahead  {lazy.pages_readahead}",
         f"  layout events     {lazy.events}",
         f"  pages fetched     {fetched / 1e6:.1f} MB, {wire / 1e6:.1f} MB over the wire",
         "  time to last page " + ("n/a (the process ended first)" if lazy.process_gone
@@ -364,11 +365,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
                            "add --lazy")
     if args.record_seconds <= 0:
         raise LazarusError("--record-seconds must be positive")
+    if args.read_ahead < 0:
+        raise LazarusError("--read-ahead must be 0 (off) or a number of pages")
     opts = RestoreOptions(images_dir=Path(args.images_dir or "."), detach=args.detach,
                           pidfile=Path(args.pidfile) if args.pidfile else None,
                           inherit_fds=parse_inherit(args.inherit_fd),
                           write_method=args.write_method, lazy=args.lazy,
-                          fault_around=args.fault_around, lazy_timeout=args.lazy_timeout,
+                          fault_around=args.fault_around, read_ahead=args.read_ahead,
+                          lazy_timeout=args.lazy_timeout,
                           push_delay=args.push_delay, server=server_of(args),
                           image_name=args.image, pidns=args.pidns, prefetch=args.prefetch,
                           record_working_set=args.record_working_set,
@@ -512,14 +516,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} is not {lowest} or more")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number(text, 0)
 
 
 def positive_float(text: str) -> float:
@@ -613,6 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the process at once and fault its memory in on demand")
     r.add_argument("--fault-around", type=positive_int, default=64, metavar="PAGES",
                    help="pages served per page fault in lazy mode (default 64)")
+    r.add_argument("--read-ahead", type=non_negative_int, default=DEFAULT_READ_AHEAD,
+                   metavar="PAGES",
+                   help="in lazy mode, the largest read-ahead window for sequential faults: "
+                        "pages requested ahead of a process that reads its memory in order "
+                        f"(default {DEFAULT_READ_AHEAD}; 0 turns read-ahead off)")
     r.add_argument("--lazy-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="how long a lost page server may stay lost before the restored "
                         "process is killed (default 30)")

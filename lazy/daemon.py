@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from core import procfs
@@ -33,6 +33,16 @@ DEFAULT_FAULT_AROUND = 64     # pages fetched per fault
 PUSH_CHUNK_MIN = 16           # pages per request when pushing leftovers; doubles up to MAX
 PUSH_CHUNK_MAX = 1024
 EAGAIN_RETRIES = 1000
+RETRY_SECONDS = 5.0           # ... and for at least this long before giving up
+# Read-ahead for sequential faults, as the kernel does for files: the window
+# doubles on every fault that continues the stream, up to read_ahead pages
+# (default below). It is requested in chunks aligned to RA_CHUNK_PAGES in the
+# region (whole image blocks, usually: no partial reads), at most
+# RA_DEPTH in flight: a fault waits for its own chunk only, and a deeper queue
+# only makes the page server buffer (fresh memory, slower) what it cannot send.
+DEFAULT_READ_AHEAD = 4096     # 16 MiB
+RA_CHUNK_PAGES = 128          # 512 KiB per request
+RA_DEPTH = 8                  # 4 MiB in flight
 
 
 class LazyError(Exception):
@@ -47,6 +57,7 @@ class LazyStats:
     faults: int = 0
     pages_faulted: int = 0
     pages_pushed: int = 0
+    pages_readahead: int = 0        # copied ahead of sequential faults
     zero_pages: int = 0
     events: int = 0
     pages_prefetched: int = 0       # the recorded working set, copied before the release
@@ -77,6 +88,7 @@ class LazyStats:
             out.faults += s.faults
             out.pages_faulted += s.pages_faulted
             out.pages_pushed += s.pages_pushed
+            out.pages_readahead += s.pages_readahead
             out.zero_pages += s.zero_pages
             out.events += s.events
             out.pages_prefetched += s.pages_prefetched
@@ -94,7 +106,8 @@ class LazyStats:
     def as_dict(self) -> dict[str, object]:
         last = self.time_to_last_page
         return {"faults": self.faults, "pages_faulted": self.pages_faulted,
-                "pages_pushed": self.pages_pushed, "zero_pages": self.zero_pages,
+                "pages_pushed": self.pages_pushed, "pages_readahead": self.pages_readahead,
+                "zero_pages": self.zero_pages,
                 "events": self.events, "pages_prefetched": self.pages_prefetched,
                 "prefetch_seconds": self.prefetch_seconds, "time_to_last_page": last,
                 "fault_latency_p50": self.latency(0.5), "fault_latency_p99": self.latency(0.99)}
@@ -108,12 +121,52 @@ def _addr(data: PageBuffer) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(data))
 
 
+def _buf_addr(data: bytes | memoryview) -> int:
+    """Address of bytes, or of a writable buffer (a view of a receive buffer)."""
+    if isinstance(data, bytes):
+        return _addr(data)
+    return ctypes.addressof(ctypes.c_char.from_buffer(data))
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """A read-ahead request in flight: process addresses [start, end) as they
+    were when it was issued; `done` resolves once its pages are copied (or it
+    failed: a fault waiting on it then checks its page and fetches it itself)."""
+    start: int
+    end: int
+    done: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class _Stream:
+    """Read-ahead state of one region (as the kernel keeps one per open file,
+    so that faults elsewhere, e.g. an interpreter's heap, do not break a scan):
+    the page of its last fault, the end of what it has requested and where it
+    wants its requests to reach (process addresses), its window in pages, and
+    its requests in flight. Only a guess of what comes next: every copy still
+    goes by the pending bits, whatever the stream says."""
+    region: Region
+    window: int
+    last: int = -1
+    end: int = -1
+    target: int = -1
+    chunks: list[_Chunk] = field(default_factory=list)
+
+    def chunk_at(self, page: int) -> _Chunk | None:
+        for chunk in self.chunks:
+            if chunk.start <= page < chunk.end:
+                return chunk
+        return None
+
+
 class LazyDaemon:
     def __init__(self, uffd_fd: int, pid: int, regions: RegionMap, fault_source: PageSource,
                  push_source: PageSource | None = None,
                  fault_around: int = DEFAULT_FAULT_AROUND, push_delay: float = 0.0,
                  stall_timeout: float = 30.0,
-                 on_fork: Callable[[LazyDaemon], None] | None = None) -> None:
+                 on_fork: Callable[[LazyDaemon], None] | None = None,
+                 read_ahead: int = DEFAULT_READ_AHEAD) -> None:
         self.fd = uffd_fd
         self.pid = pid
         self.regions = regions
@@ -136,6 +189,9 @@ class LazyDaemon:
         # brought pages in, in order, until record_window s after the resume.
         self.recording: list[tuple[int, int]] | None = None
         self.record_window = 0.0
+        # Read-ahead (0: off): one stream per region, by id(region).
+        self.read_ahead = max(0, read_ahead)
+        self._streams: dict[int, _Stream] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -218,9 +274,14 @@ class LazyDaemon:
             elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
                 self.stats.events += 1
                 self.regions.drop_range(msg.a, msg.b)
+                # A stream whose memory changed under it starts afresh.
+                for key, st in list(self._streams.items()):
+                    if msg.a < max(st.end, st.target) and msg.b > st.last:
+                        del self._streams[key]
             elif msg.event == uffd.UFFD_EVENT_REMAP:
                 self.stats.events += 1
                 self.regions.remap(msg.a, msg.b, msg.c)
+                self._streams.clear()  # addresses moved: start the guesses afresh
             elif msg.event == uffd.UFFD_EVENT_FORK:
                 self.stats.events += 1
                 self._on_fork(msg.a & 0xFFFFFFFF)
@@ -241,7 +302,7 @@ class LazyDaemon:
             pass
         child = LazyDaemon(child_fd, child_pid, self.regions.copy(), self.fault_source,
                            self.push_source, self.fault_around, 0.0, self.stall_timeout,
-                           self.on_fork)
+                           self.on_fork, self.read_ahead)
         child.start()
         child.start_push()
         if self.on_fork is not None:
@@ -253,15 +314,16 @@ class LazyDaemon:
 
     # -- filling -----------------------------------------------------------
 
-    def _copy_run(self, region: Region, index: int, data: PageBuffer, offset: int,
+    def _copy_run(self, region: Region, index: int, base: int,
                   count: int) -> tuple[int, bool]:
-        """Copy `count` pages of data[offset:] to page `index` of region.
+        """Copy `count` pages from address `base` to page `index` of region.
         Returns (pages now in, retry) where retry asks to try again later (EAGAIN)."""
         dst = region.start + index * PAGE
-        base = _addr(data) + offset
         done = 0
+        single = False     # page by page, after a run met a mapping's end (ENOENT)
         while done < count:
-            res = uffd.copy(self.fd, dst + done * PAGE, base + done * PAGE, (count - done) * PAGE)
+            length = PAGE if single else (count - done) * PAGE
+            res = uffd.copy(self.fd, dst + done * PAGE, base + done * PAGE, length)
             if res > 0:
                 n = res // PAGE
                 self.regions.mark_done(region, index + done, n)
@@ -271,6 +333,17 @@ class LazyDaemon:
                 self.regions.mark_done(region, index + done, 1)
                 done += 1
             elif res == -errno.EAGAIN:
+                return done, True
+            elif res == -errno.ENOENT and self.pid and procfs.is_alive(self.pid):
+                # The process lives but no registered mapping holds the whole
+                # range: a run across the end of one (split by the process),
+                # or a page whose unmap (or move) event is not read yet (seen
+                # under load, with read-ahead in flight). Page by page; a page
+                # that still has none waits, as for EAGAIN, for the event that
+                # says where it went: never marked in without a copy.
+                if not single and count - done > 1:
+                    single = True
+                    continue
                 return done, True
             elif res in (-errno.ESRCH, -errno.ENOENT):
                 self.process_gone()
@@ -284,20 +357,26 @@ class LazyDaemon:
         """Copy the still-pending pages among data's pages [first, first+count)
         (page `first` of data belongs at page `index` of region). Returns pages copied."""
         copied = 0
-        for _ in range(EAGAIN_RETRIES):
+        deadline = time.monotonic() + RETRY_SECONDS
+        tries = 0
+        while tries < EAGAIN_RETRIES or time.monotonic() < deadline:
+            tries += 1
             if self._closed or self._gone or index >= len(region.pending):
                 return copied
             retry = False
             start = region.start + index * PAGE
+            base = _addr(data)
             for i, n in self.regions.pending_runs(region, start, count):
                 off = (first + i - index) * PAGE
-                got, retry = self._copy_run(region, i, data, off, n)
+                got, retry = self._copy_run(region, i, base + off, n)
                 copied += got
                 if retry:
                     break
             if not retry:
                 return copied
-            await asyncio.sleep(0)   # let the pending event be read, then try again
+            # Let the pending event be read, then try again (a process that
+            # has not sent it yet may need a moment: bounded in time too).
+            await asyncio.sleep(0 if tries < EAGAIN_RETRIES else 0.001)
         raise LazyError(f"userfaultfd copy at {region.start + index * PAGE:#x} kept failing")
 
     async def _serve_fault(self, page: int, t0: float) -> None:
@@ -314,9 +393,18 @@ class LazyDaemon:
             self._record_fault(t0)
             return
         # While recording, one page per fault: pages brought around a fault
-        # would be used without faulting, and the recording would miss them.
+        # would be used without faulting, and the recording would miss them;
+        # read-ahead would hide them the same way, so it is off too.
         recording = self.recording is not None and self._recording_open()
-        around = 1 if recording else self.fault_around
+        if recording or not self.read_ahead:
+            around = 1 if recording else self.fault_around
+            await self._serve_window(region, index, page, around, recording, t0)
+            return
+        await self._serve_sequential(region, index, page, t0)
+
+    async def _serve_window(self, region: Region, index: int, page: int, around: int,
+                            recording: bool, t0: float) -> None:
+        """The fault's own window: `around` pages from the faulting one."""
         count = min(around, len(region.pending) - index)
         src = region.src + index * PAGE
         data = await self.fault_source.get_pages(src, count)
@@ -331,6 +419,108 @@ class LazyDaemon:
             uffd.wake(self.fd, page, PAGE)
         self._record_fault(t0)
         self._check_complete()
+
+    # -- read-ahead --------------------------------------------------------
+
+    def _stream(self, region: Region) -> _Stream:
+        st = self._streams.get(id(region))
+        if st is None or st.region is not region:
+            st = self._streams[id(region)] = _Stream(region, self.fault_around)
+        return st
+
+    async def _serve_sequential(self, region: Region, index: int, page: int,
+                                t0: float) -> None:
+        """A fault with read-ahead on: a fault that continues its region's
+        stream (in a chunk in flight, or at or just past the end of what was
+        requested) doubles the window and requests what lies beyond, up to a
+        window ahead of it; any other fault restarts the stream with the
+        default window (its requests in flight go on)."""
+        st = self._stream(region)
+        chunk = st.chunk_at(page)
+        sequential = chunk is not None or st.last < page < st.end + self.fault_around * PAGE
+        if sequential:
+            st.window = min(st.window * 2, max(self.read_ahead, self.fault_around))
+            st.last = max(st.last, page)
+        else:
+            st.window, st.last, st.end, st.target = self.fault_around, page, -1, -1
+        if chunk is None:
+            # Nothing in flight holds the page: its own window first (sent
+            # first, so it leads the queue), then the read-ahead behind it.
+            count = min(self.fault_around, len(region.pending) - index)
+            st.end = max(st.end, page + count * PAGE)
+            if sequential:
+                self._ra_issue(st, page + st.window * PAGE)
+            await self._serve_window(region, index, page, count, False, t0)
+            return
+        self._ra_issue(st, page + st.window * PAGE)
+        await chunk.done
+        now = self.regions.find(page)
+        if now is not None and now.pending[now.page_index(page)]:
+            # The chunk did not bring it (it failed, or the page moved): as
+            # any other fault, without touching the stream again.
+            await self._serve_window(now, now.page_index(page), page, self.fault_around,
+                                     False, t0)
+            return
+        uffd.wake(self.fd, page, PAGE)   # the copy woke it, unless the page was dropped
+        self._record_fault(t0)
+
+    def _ra_issue(self, st: _Stream, target: int) -> None:
+        """Let the stream's requests reach `target` (not past its region)."""
+        st.target = max(st.target, min(target, st.region.end))
+        self._ra_pump(st)
+
+    def _ra_pump(self, st: _Stream) -> None:
+        """Request the stream's pages still owed, from its end towards its
+        target, one chunk per task, while fewer than RA_DEPTH are in flight."""
+        region = st.region
+        while len(st.chunks) < RA_DEPTH and st.end < st.target and \
+                self._streams.get(id(region)) is st and not (self._closed or self._gone):
+            i = region.page_index(max(st.end, region.start))
+            stop = min((i // RA_CHUNK_PAGES + 1) * RA_CHUNK_PAGES,
+                       region.page_index(st.target), len(region.pending))
+            if stop <= i:
+                break
+            st.end = region.start + stop * PAGE
+            runs = self.regions.pending_runs(region, region.start + i * PAGE, stop - i)
+            if not runs:
+                continue
+            # One request from the first to the last page still owed: what
+            # is in already between them is skipped by the fill.
+            lo, hi = runs[0][0], runs[-1][0] + runs[-1][1]
+            chunk = _Chunk(region.start + lo * PAGE, region.start + hi * PAGE,
+                           self._loop.create_future())
+            st.chunks.append(chunk)
+            self._spawn(self._ra_fetch(st, chunk, region.src + lo * PAGE, hi - lo))
+
+    async def _ra_fetch(self, st: _Stream, chunk: _Chunk, src: int, count: int) -> None:
+        later: list[tuple[int, bytes]] = []
+        errors: list[Exception] = []
+
+        def sink(vaddr: int, data: bytes | memoryview, offset: int, nbytes: int) -> None:
+            # Straight from the source's buffer into the process, as the
+            # parts arrive; what EAGAIN leaves is copied out and done below.
+            # An error here is ours, not the source's: kept, raised below.
+            if errors:
+                return
+            try:
+                if not self._fill_now(vaddr, _buf_addr(data) + offset, nbytes):
+                    later.append((vaddr, bytes(memoryview(data)[offset : offset + nbytes])))
+            except Exception as exc:
+                errors.append(exc)
+
+        try:
+            await self.fault_source.get_pages_into(src, count, sink)
+            if errors:
+                raise errors[0]
+            for vaddr, data in later:
+                self.stats.pages_readahead += await self._fill_image_block(vaddr, data)
+        finally:
+            if chunk in st.chunks:
+                st.chunks.remove(chunk)
+            if not chunk.done.done():
+                chunk.done.set_result(None)
+        self._check_complete()
+        self._ra_pump(st)
 
     def start_recording(self, window: float) -> None:
         """Record the faults from now until `window` s after the resume."""
@@ -410,6 +600,35 @@ class LazyDaemon:
 
     async def _push_block(self, vaddr: int, data: bytes) -> None:
         self.stats.pages_pushed += await self._fill_image_block(vaddr, data)
+
+    def _fill_now(self, vaddr: int, base: int, nbytes: int) -> bool:
+        """Copy the owed pages of image range [vaddr, vaddr + nbytes), held at
+        address `base`, wherever they live now (by image address, as
+        _fill_image_block; counted as read ahead). False if EAGAIN left some
+        for later (the layout is changing: the event must be read first)."""
+        if self._closed or self._gone:
+            return True
+        end = vaddr + nbytes
+        region = self.regions.find(vaddr)
+        if region is not None and region.src == region.start and end <= region.end:
+            # Where the image put it (nothing moved): no walk over every region.
+            regions: Iterable[Region] = (region,)
+        else:
+            regions = self.regions
+        for region in regions:
+            src_end = region.src + len(region.pending) * PAGE
+            lo, hi = max(vaddr, region.src), min(end, src_end)
+            if lo >= hi:
+                continue
+            index = (lo - region.src) // PAGE
+            for i, n in self.regions.pending_runs(region, region.start + index * PAGE,
+                                                  (hi - lo) // PAGE):
+                got, retry = self._copy_run(region, i,
+                                            base + (region.src + i * PAGE - vaddr), n)
+                self.stats.pages_readahead += got
+                if retry:
+                    return False
+        return True
 
     async def _fill_image_block(self, vaddr: int, data: bytes) -> int:
         """A block in image addresses: copy the parts of it still owed, wherever

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from core.images import ImageReader, pb
 from core.images.store import PageReader
-from pageserver.client import PageClient, PageServerError, RemoteError
+from pageserver.client import PageClient, PageServerError, PageSink, RemoteError
 
 log = logging.getLogger("lazarus.lazy")
 
@@ -28,6 +28,12 @@ class PageSource(Protocol):
 
     async def get_pages(self, vaddr: int, nr_pages: int) -> bytes:
         """Image pages [vaddr, vaddr + nr_pages pages), zeros for holes."""
+        ...
+
+    async def get_pages_into(self, vaddr: int, nr_pages: int, sink: PageSink) -> None:
+        """The same pages handed to sink part by part as they come, without
+        being gathered (PageSink: valid only during the call; holes may be
+        left out)."""
         ...
 
     def stream(self) -> AsyncIterator[tuple[int, bytes]]:
@@ -55,6 +61,15 @@ class LocalPageSource:
         data = self._pages.read_range(vaddr, nr_pages)
         self.bytes_fetched += len(data)
         return data
+
+    async def get_pages_into(self, vaddr: int, nr_pages: int, sink: PageSink) -> None:
+        into = getattr(self._pages, "read_range_into", None)
+        if into is None:    # a chain: gathered
+            data = self._pages.read_range(vaddr, nr_pages)
+            self.bytes_fetched += len(data)
+            sink(vaddr, data, 0, len(data))
+            return
+        self.bytes_fetched += into(vaddr, nr_pages, sink)
 
     async def stream(self) -> AsyncIterator[tuple[int, bytes]]:
         for vaddr, data in self._pages.iter_blocks():
@@ -118,6 +133,35 @@ class RemotePageSource:
                 return data
             except RemoteError:
                 raise   # the server answered: retrying will not change its mind
+            except (PageServerError, OSError, TimeoutError) as exc:
+                if client is not None:
+                    await self._drop(client)
+                now = time.monotonic()
+                deadline = deadline or now + self.lazy_timeout
+                if now >= deadline:
+                    raise LazySourceLost(
+                        f"lost {self.name} for {self.lazy_timeout:g} s ({exc})") from None
+                if delay == FIRST_RETRY_DELAY:
+                    log.warning("%s: %s; retrying for up to %g s", self.name, exc,
+                                self.lazy_timeout)
+                await asyncio.sleep(min(delay, max(0.0, deadline - now)))
+                delay = min(delay * 2, 1.0)
+
+    async def get_pages_into(self, vaddr: int, nr_pages: int, sink: PageSink) -> None:
+        # Retried as get_pages: a part handed out before a loss comes again
+        # (the daemon copies only pages still owed, so that is harmless).
+        deadline: float | None = None
+        delay = FIRST_RETRY_DELAY
+        while True:
+            client: PageClient | None = None
+            try:
+                client = await self._get_client()
+                async with asyncio.timeout(self.lazy_timeout):
+                    await client.get_pages_into(self.image, self.pid, vaddr, nr_pages, sink)
+                self.bytes_fetched += nr_pages * 4096
+                return
+            except RemoteError:
+                raise
             except (PageServerError, OSError, TimeoutError) as exc:
                 if client is not None:
                     await self._drop(client)

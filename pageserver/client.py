@@ -146,6 +146,51 @@ class _PagesReply(_Pending):
         return True
 
 
+# What get_pages_into hands each part of the reply to, as it arrives: (vaddr,
+# data, offset, nbytes), the pages being data[offset:offset+nbytes]; data is
+# a writable view of the receive buffer (raw pages, no copy made) or bytes
+# (decompressed or zeros), valid only during the call.
+PageSink = Callable[[int, bytes | memoryview, int, int], None]
+
+
+class _SinkReply(_Pending):
+    """GetPages whose pages go to a callback as they arrive, not into bytes:
+    the lazy daemon copies them into the process straight from the buffer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, vaddr: int, nr_pages: int,
+                 verify: bool, sink: PageSink) -> None:
+        super().__init__(loop)
+        self.cursor = vaddr
+        self.end = vaddr + nr_pages * PAGE_SIZE
+        self.verify = verify
+        self.sink = sink
+
+    def pages(self, ev: PagesReceived) -> bool:
+        if ev.vaddr != self.cursor or ev.vaddr + ev.size > self.end:
+            raise ProtocolError(
+                f"pages at {ev.vaddr:#x} ({ev.nr_pages}) in the reply for"
+                f" [{self.cursor:#x}, {self.end:#x})")
+        self.cursor += ev.size
+        if not self.future.done():      # a failed sink: the rest is only drained
+            try:
+                if ev.lz4 or ev.zero or self.verify or ev.data.readonly:
+                    data = ev.decode(self.verify)
+                    self.sink(ev.vaddr, data, 0, len(data))
+                else:
+                    self.sink(ev.vaddr, ev.data, 0, ev.size)
+            except CorruptPages:
+                raise
+            except Exception as exc:    # the sink's own failure: the caller's to see
+                self.fail(exc)
+        if not ev.end:
+            return False
+        if self.cursor != self.end:
+            raise ProtocolError(f"reply ends at {self.cursor:#x}, before {self.end:#x}")
+        if not self.future.done():
+            self.future.set_result(None)
+        return True
+
+
 class _FileReply(_Pending):
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  sink: Callable[[memoryview], None]) -> None:
@@ -636,6 +681,26 @@ class PageClient:
         data = await self._wait(rid, pending)
         assert isinstance(data, bytes)
         return data
+
+    async def get_pages_into(self, image: str, pid: int, vaddr: int, nr_pages: int,
+                             sink: PageSink) -> None:
+        """As get_pages, but each part of the reply goes to ``sink`` as it
+        arrives (see PageSink), without being gathered into bytes."""
+        if nr_pages <= 0:
+            if nr_pages == 0:
+                return
+            raise ValueError(f"nr_pages {nr_pages} < 0")
+        step = self.max_request_pages
+        if nr_pages > step:
+            await asyncio.gather(*(
+                self.get_pages_into(image, pid, vaddr + p * PAGE_SIZE,
+                                    min(step, nr_pages - p), sink)
+                for p in range(0, nr_pages, step)))
+            return
+        pending = _SinkReply(self.loop, vaddr, nr_pages, self.verify, sink)
+        rid = self._start(wire.Request(get_pages=wire.GetPages(
+            image=image, pid=pid, vaddr=vaddr, nr_pages=nr_pages)), pending)
+        await self._wait(rid, pending)
 
     async def stream_pages(self, image: str, pid: int) -> AsyncIterator[tuple[int, bytes]]:
         """(vaddr, data) for every stored block of a process, data uncompressed.

@@ -21,9 +21,11 @@ Then, per round:
    (`--push-delay`), then on SIGUSR2 the process reads one byte of each page
    of its buffer in order and reports how long that took: every page comes
    through the fault path. Largest size with the default fault-around, from
-   both sources; the smallest size with fault-around 1 and the default, for
-   per-fault latencies (p50/p99 from `--stats`, written to `--log-file` by
-   the detached daemon when it ends). The checksum is checked after each.
+   both sources, with read-ahead (the default) and without (`--read-ahead
+   0`), for the comparison in the same run; the smallest size with the
+   defaults, and with fault-around 1 and no read-ahead, for per-fault
+   latencies (p50/p99 from `--stats`, written to `--log-file` by the
+   detached daemon when it ends). The checksum is checked after each.
 
 Nothing here asserts a speed (the machines are shared and noisy); the exit
 status is non-zero only if a restore failed or a checksum or PID differed.
@@ -47,7 +49,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lazy.daemon import DEFAULT_FAULT_AROUND
+from lazy.daemon import DEFAULT_FAULT_AROUND, DEFAULT_READ_AHEAD
 from perf.bench_dump_restore import (
     BenchError,
     fmt_size,
@@ -127,6 +129,7 @@ LAZY_LINES = {
     "faults": re.compile(rf"faults\s+(\d+) \((\d+) pages, (\d+) zero pages\), "
                          rf"latency p50 {MS}, p99 {MS}"),
     "pushed": re.compile(r"pages pushed\s+(\d+)"),
+    "readahead": re.compile(r"pages read ahead\s+(\d+)"),
     "fetched": re.compile(r"pages fetched\s+([\d.]+) MB, ([\d.]+) MB over the wire"),
     "last": re.compile(rf"time to last page\s+{MS}"),
 }
@@ -144,6 +147,7 @@ class LazyFigures:
     p50_ms: float | None
     p99_ms: float | None
     pages_pushed: int
+    pages_readahead: int
     fetched_mb: float
     wire_mb: float
     last_page_ms: float | None
@@ -172,6 +176,7 @@ class TouchResult:
     size: int
     source: str
     fault_around: int
+    read_ahead: int                 # largest read-ahead window, pages (0: off)
     round: int
     bytes: int                      # pages touched x 4096
     seconds: float                  # as the process measured it
@@ -232,14 +237,16 @@ def ms_value(text: str) -> float | None:
 
 def parse_lazy_stats(text: str) -> LazyFigures:
     found = {k: rx.search(text) for k, rx in LAZY_LINES.items()}
-    missing = [k for k, m in found.items() if m is None]
+    missing = [k for k, m in found.items() if m is None and k != "readahead"]
     if missing:
         raise BenchError(f"lazy --stats incomplete (no {', '.join(missing)}): {text[-300:]!r}")
     faults, pushed, fetched, last = (found["faults"], found["pushed"], found["fetched"],
                                      found["last"])
     assert faults and pushed and fetched and last
     return LazyFigures(int(faults[1]), int(faults[2]), int(faults[3]), ms_value(faults[4]),
-                       ms_value(faults[5]), int(pushed[1]), float(fetched[1]),
+                       ms_value(faults[5]), int(pushed[1]),
+                       int(found["readahead"][1]) if found["readahead"] else 0,
+                       float(fetched[1]),
                        float(fetched[2]), ms_value(last[1]))
 
 
@@ -525,12 +532,13 @@ class Bench:
             if log is not None:
                 log.unlink(missing_ok=True)
 
-    def touch_run(self, img: Image, source: str, fault_around: int, rnd: int,
-                  run: Run) -> None:
-        tag = f"touch {fmt_size(img.size)} {source} fault-around {fault_around} #{rnd}"
+    def touch_run(self, img: Image, source: str, fault_around: int, read_ahead: int,
+                  rnd: int, run: Run) -> None:
+        tag = (f"touch {fmt_size(img.size)} {source} fault-around {fault_around} "
+               f"read-ahead {read_ahead} #{rnd}")
         self.say(tag)
         log = self.log_path()
-        extra = ["--push-delay", f"{self.push_delay:g}"]
+        extra = ["--push-delay", f"{self.push_delay:g}", "--read-ahead", str(read_ahead)]
         if fault_around != DEFAULT_FAULT_AROUND:
             extra += ["--fault-around", str(fault_around)]
         try:
@@ -545,7 +553,7 @@ class Bench:
                 run.failures.append(f"{tag}: checksum after restore differs")
             self.kill_restored(img.pid)    # the daemon ends with it and writes its --stats
             lazy = self.wait_daemon(daemon, log, 30.0)
-            run.touches.append(TouchResult(img.size, source, fault_around, rnd,
+            run.touches.append(TouchResult(img.size, source, fault_around, read_ahead, rnd,
                                            int(pages) * PAGE, float(seconds), ok, lazy))
         except BenchError as exc:
             raise BenchError(f"{exc}{log_tail(log)}") from None
@@ -693,25 +701,30 @@ def report(run: Run, repeat: int, push_delay: float) -> str:
                   "daemon-side fault service time",
                   "from --stats (all faults of the run, the checksum's included); us/fault = "
                   "touch time / (pages / fault-around),",
-                  "the process's mean wait per fault (--stats has no mean; the tail is heavy)",
-                  f"{'size':>8} {'source':>7} {'fault-around':>12} {'MB':>7} {'s':>7} "
-                  f"{'MB/s':>7} {'range':>9} {'x raw':>6} {'faults':>7} {'p50 ms':>7} "
-                  f"{'p99 ms':>7} {'us/fault':>9} {'checksum':>9}"]
-        keys = sorted({(t.size, t.source, t.fault_around) for t in run.touches},
-                      key=lambda k: (-k[0], SOURCES.index(k[1]), -k[2]))
-        for size, source, fa in keys:
-            ts = [t for t in run.touches if (t.size, t.source, t.fault_around) ==
-                  (size, source, fa)]
+                  "the process's mean wait per fault (--stats has no mean; the tail is heavy);",
+                  "with read-ahead (ra: largest window, pages; 0 = off) it is the time per "
+                  "fault-around of pages, and ra pages = pages the daemon copied ahead",
+                  f"{'size':>8} {'source':>7} {'fault-around':>12} {'ra':>5} {'MB':>7} {'s':>7} "
+                  f"{'MB/s':>7} {'range':>9} {'x raw':>6} {'faults':>7} {'ra pages':>8} "
+                  f"{'p50 ms':>7} {'p99 ms':>7} {'us/fault':>9} {'checksum':>9}"]
+        keys = sorted({(t.size, t.source, t.fault_around, t.read_ahead) for t in run.touches},
+                      key=lambda k: (-k[0], SOURCES.index(k[1]), -k[2], -k[3]))
+        for size, source, fa, ra in keys:
+            ts = [t for t in run.touches if (t.size, t.source, t.fault_around, t.read_ahead) ==
+                  (size, source, fa, ra)]
             speeds = [mbps(t.bytes, t.seconds) for t in ts]
             x_raw = f"{med(speeds) / raw:6.2f}" if raw else f"{'-':>6}"
             per_fault = med([t.seconds / -(-t.bytes // (PAGE * fa)) * 1e6 for t in ts])
             faults = med([float(t.lazy.faults) for t in ts if t.lazy] or [0.0])
+            ra_pages = med([float(t.lazy.pages_readahead) for t in ts if t.lazy] or [0.0])
             p50 = opt_med([t.lazy.p50_ms if t.lazy else None for t in ts])
             p99 = opt_med([t.lazy.p99_ms if t.lazy else None for t in ts])
             ok = all(t.checksum_ok for t in ts)
-            lines.append(f"{fmt_size(size):>8} {source:>7} {fa:>12} {ts[0].bytes / 1e6:7.1f} "
+            lines.append(f"{fmt_size(size):>8} {source:>7} {fa:>12} {ra:>5} "
+                         f"{ts[0].bytes / 1e6:7.1f} "
                          f"{med([t.seconds for t in ts]):7.3f} {med(speeds):7.0f} "
-                         f"{rng(speeds):>9} {x_raw} {faults:7.0f} {fmt_opt(p50, '7.2f'):>7} "
+                         f"{rng(speeds):>9} {x_raw} {faults:7.0f} {ra_pages:8.0f} "
+                         f"{fmt_opt(p50, '7.2f'):>7} "
                          f"{fmt_opt(p99, '7.2f'):>7} {per_fault:9.0f} "
                          f"{'ok' if ok else 'DIFFERS':>9}")
     if run.failures:
@@ -743,18 +756,21 @@ def one_round(bench: Bench, images: list[Image], rnd: int, run: Run,
     bench.say(f"raw loopback TCP, {fmt_size(big.size)} x {RAW_ROUNDS}")
     for _ in range(RAW_ROUNDS):
         run.raws.append(RawResult(rnd, big.size, bench.raw_tcp(big.size)))
-    cases = [(big, DEFAULT_FAULT_AROUND)]
+    # Read-ahead on (the default) and off at the largest size, for the
+    # comparison in the same run; the fault-around 1 latency run without it,
+    # so that every page is one fault.
+    cases = [(big, DEFAULT_FAULT_AROUND, DEFAULT_READ_AHEAD), (big, DEFAULT_FAULT_AROUND, 0)]
     if small is not big:
-        cases.append((small, DEFAULT_FAULT_AROUND))
-    cases.append((small, 1))
+        cases.append((small, DEFAULT_FAULT_AROUND, DEFAULT_READ_AHEAD))
+    cases.append((small, 1, 0))
     sources = SOURCES if rnd % 2 else SOURCES[::-1]
-    for img, fa in cases:
+    for img, fa, ra in cases:
         for source in sources:
             try:
-                bench.touch_run(img, source, fa, rnd, run)
+                bench.touch_run(img, source, fa, ra, rnd, run)
             except BenchError as exc:
                 run.failures.append(f"touch {fmt_size(img.size)} {source} fault-around {fa} "
-                                    f"#{rnd}: {exc}")
+                                    f"read-ahead {ra} #{rnd}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,3 +122,63 @@ def test_lazy_process_forking_children_meanwhile(procs: Procs, tmp_path: Path) -
                "the lazy daemons to finish")
     events = int(log.read_text().split("layout events")[1].split()[0])
     assert events >= 1, "no fork event reached the daemon: the children were not lazy"
+
+
+def daemon_stats(log: Path, timeout: float = 30.0) -> dict[str, int]:
+    """Faults, pages read ahead and layout events from a detached daemon's
+    --stats, once it has ended and written them to its log file."""
+    wait_until(lambda: log.exists() and "time to last page" in log.read_text(), timeout,
+               "the lazy daemon to end and write its --stats")
+    text = log.read_text()
+    return {"faults": int(text.split("  faults")[1].split()[0]),
+            "read_ahead": int(text.split("pages read ahead")[1].split()[0]),
+            "events": int(text.split("layout events")[1].split()[0])}
+
+
+def end_process(pid: int) -> None:
+    """Kill the restored process (ours, by PID): its daemon then writes --stats."""
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: proc_state(pid) in (None, "Z", "X"), 30, f"PID {pid} to die")
+
+
+def test_lazy_sequential_scan_reads_ahead(procs: Procs, tmp_path: Path) -> None:
+    """A process hashing 256 MiB in order, the push held back so every page
+    comes through faults: the data is right, and read-ahead brings most pages
+    (far fewer faults than one per 64-page fault-around window)."""
+    w = procs.python("bigmem", str(tmp_path))
+    wait_until(lambda: (tmp_path / "before.sha").exists(), 30, "bigmem to fill its memory")
+    before = (tmp_path / "before.sha").read_text()
+    images = tmp_path / "img"
+    dump(w, images)
+    log = tmp_path / "daemon.log"
+    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "3600",
+                           "--stats", "--log-file", str(log))
+    procs.adopt(pid)
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: (tmp_path / "after.sha").exists(), 60, "bigmem to re-hash its memory")
+    assert (tmp_path / "after.sha").read_text() == before
+    end_process(pid)
+    stats = daemon_stats(log)
+    pages = (256 << 20) // 4096
+    assert stats["read_ahead"] >= pages // 2, stats
+    assert stats["faults"] < pages // 64 // 2, stats
+
+
+def test_lazy_layout_changes_in_a_read_ahead_stream(procs: Procs, tmp_path: Path) -> None:
+    """MADV_DONTNEED, mremap and munmap of pages that read-ahead has in flight
+    (the process reads in order up to them, the push held back): removed pages
+    read zeros, moved and kept ones their data."""
+    w = procs.python("lazy_events", str(tmp_path), "--stream")
+    wait_until(lambda: (tmp_path / "ready").exists(), 30, "the workload to map its regions")
+    images = tmp_path / "img"
+    dump(w, images)
+    log = tmp_path / "daemon.log"
+    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "3600",
+                           "--stats", "--log-file", str(log))
+    procs.adopt(pid)
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: (tmp_path / "result").exists(), 60, "the workload's verdict")
+    assert (tmp_path / "result").read_text() == "ok\n"
+    end_process(pid)
+    stats = daemon_stats(log)
+    assert stats["read_ahead"] > 0 and stats["events"] >= 3, stats

@@ -27,7 +27,7 @@ from tests.conftest import (
     wait_lines,
     wait_until,
 )
-from tests.test_lazy import is_lazarus, parent_of
+from tests.test_lazy import daemon_stats, end_process, is_lazarus, parent_of
 from tests.test_pageserver import ServerProc, make_cert
 
 ALL_PAGES_TIMEOUT = 60.0
@@ -267,3 +267,39 @@ class ServerCommand:
         return [str(Path(LAZARUS).parent / "pageserver"), "-D", str(images), "--listen", listen]
 
 
+
+
+def test_sequential_scan_reads_ahead_through_the_pageserver(procs: Procs, tmp_path: Path,
+                                                            served: ServerProc) -> None:
+    """As test_lazy_sequential_scan_reads_ahead, the pages from the server."""
+    w = procs.python("bigmem", str(tmp_path))
+    before = bigmem_ready(tmp_path)
+    dump_to(served, w, "seq")
+    log = tmp_path / "daemon.log"
+    pid = restore_lazy(served, "seq", tmp_path / "pid", "--push-delay", "3600",
+                       "--stats", "--log-file", str(log))
+    procs.adopt(pid)
+    bigmem_check(pid, tmp_path, before)
+    end_process(pid)
+    stats = daemon_stats(log)
+    pages = (256 << 20) // 4096
+    assert stats["read_ahead"] >= pages // 2, stats
+    assert stats["faults"] < pages // 64 // 2, stats
+
+
+def test_layout_changes_in_a_read_ahead_stream_through_the_pageserver(
+        procs: Procs, tmp_path: Path, served: ServerProc) -> None:
+    """DONTNEED, mremap and munmap meet read-ahead requests in flight on the wire."""
+    w = procs.python("lazy_events", str(tmp_path), "--stream")
+    wait_until(lambda: (tmp_path / "ready").exists(), 30, "the workload to map its regions")
+    dump_to(served, w, "events")
+    log = tmp_path / "daemon.log"
+    pid = restore_lazy(served, "events", tmp_path / "pid", "--push-delay", "3600",
+                       "--stats", "--log-file", str(log))
+    procs.adopt(pid)
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: (tmp_path / "result").exists(), 60, "the workload's verdict")
+    assert (tmp_path / "result").read_text() == "ok\n"
+    end_process(pid)
+    stats = daemon_stats(log)
+    assert stats["read_ahead"] > 0 and stats["events"] >= 3, stats

@@ -279,6 +279,35 @@ def test_get_pages_match_the_image(server: ServerProc, images: Path, lz4: bool,
     run(main())
 
 
+@pytest.mark.parametrize("lz4, verify", [(True, False), (False, False), (True, True)],
+                         ids=["lz4", "raw", "lz4-verify"])
+def test_get_pages_into_hands_out_the_same_pages(server: ServerProc, images: Path, lz4: bool,
+                                                 verify: bool) -> None:
+    """get_pages_into (the lazy daemon's read-ahead): the parts handed to the
+    sink, copied out during each call, make up exactly what get_pages returns."""
+    async def main() -> None:
+        c = await server.connect(lz4=lz4, verify=verify)
+        try:
+            for vaddr, n in ALPHA_RANGES:
+                out = bytearray(n * PAGE_SIZE)
+                seen: list[int] = []
+
+                def sink(at: int, data: bytes | memoryview, offset: int, nbytes: int,
+                         base: int = vaddr, out: bytearray = out,
+                         seen: list[int] = seen) -> None:
+                    # Valid only during the call: copy it now.
+                    out[at - base : at - base + nbytes] = memoryview(data)[offset:offset + nbytes]
+                    seen.append(at)
+
+                await c.get_pages_into("alpha", ALPHA_PID, vaddr, n, sink)
+                assert seen and min(seen) == vaddr
+                assert bytes(out) == expected_pages(images / "alpha", ALPHA_PID, vaddr, n), (
+                    f"alpha [{vaddr:#x} + {n} pages]")
+        finally:
+            await c.close()
+    run(main())
+
+
 def test_concurrent_get_pages_on_one_connection(server: ServerProc, images: Path) -> None:
     """Many outstanding requests on one connection; each gets its own reply."""
     whole = expected_pages(images / "alpha", ALPHA_PID, BASE, 2000)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -284,6 +284,27 @@ class PageStoreReader:
                 out[lo - vaddr : hi - vaddr] = data[lo - b.vaddr : hi - b.vaddr]
             i += 1
         return bytes(out)
+
+    def read_range_into(self, vaddr: int, nr_pages: int,
+                        sink: Callable[[int, bytes, int, int], None]) -> int:
+        """The stored pages of [vaddr, vaddr + nr_pages pages), without a copy:
+        sink(page vaddr, block bytes, offset, nbytes) per block met (holes
+        skipped). Returns the bytes handed out."""
+        if vaddr % PAGE_SIZE or nr_pages < 0:
+            raise ValueError(f"read_range_into({vaddr:#x}, {nr_pages}): bad range")
+        blocks = self._index()
+        end = vaddr + nr_pages * PAGE_SIZE
+        given = 0
+        i = max(bisect.bisect_right(self._starts, vaddr) - 1, 0)
+        while i < len(blocks) and blocks[i].vaddr < end:
+            b = blocks[i]
+            bend = b.vaddr + b.nr_pages * PAGE_SIZE
+            if bend > vaddr:
+                lo, hi = max(b.vaddr, vaddr), min(bend, end)
+                sink(lo, self._get(b), lo - b.vaddr, hi - lo)
+                given += hi - lo
+            i += 1
+        return given
 
     def _index(self) -> list[pb.PageBlock]:
         if self._by_vaddr is None:

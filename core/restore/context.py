@@ -11,7 +11,7 @@ from core.kernel.inject import Injector
 from core.kernel.memory import ProcMem
 from core.kernel.tracer import Tracer
 from core.remote import ServerAddress
-from lazy.daemon import LazyDaemon
+from lazy.daemon import DEFAULT_READ_AHEAD, LazyDaemon
 from lazy.source import PageSource
 
 
@@ -26,6 +26,7 @@ class RestoreOptions:
     write_method: str = "procmem"   # "procmem" (/proc/PID/mem) or "vmwritev"
     lazy: bool = False
     fault_around: int = 64            # pages served per fault
+    read_ahead: int = DEFAULT_READ_AHEAD   # largest read-ahead window (pages; 0: off)
     lazy_timeout: float = 30.0        # how long a lost page server may stay lost
     push_delay: float = 0.0           # seconds before the background push starts
     server: ServerAddress | None = None   # metadata and pages come from this page server

@@ -89,7 +89,7 @@ async def lazy_process_memory(ctx: ProcRestore) -> int:
             regions.add(vma.start, vma.end, [(b.vaddr, b.nr_pages) for b in lazy[vma.start]])
     daemon = ctx.daemon = LazyDaemon(fd, ctx.pid, regions, ctx.source, ctx.push_source,
                                      ctx.opts.fault_around, ctx.opts.push_delay,
-                                     ctx.opts.lazy_timeout)
+                                     ctx.opts.lazy_timeout, read_ahead=ctx.opts.read_ahead)
     if ctx.opts.record_working_set:
         # The push waits for the end of the recording: pages it brought would
         # never fault, and the recording would miss them.
