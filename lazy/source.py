@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from core.images import ImageReader, pb
 from core.images.store import PageReader
 from pageserver.client import PageClient, PageServerError, PageSink, RemoteError
+
+T = TypeVar("T")
 
 log = logging.getLogger("lazarus.lazy")
 
@@ -120,7 +122,10 @@ class RemotePageSource:
         except (PageServerError, OSError):
             pass
 
-    async def get_pages(self, vaddr: int, nr_pages: int) -> bytes:
+    async def _with_retries(self, call: Callable[[PageClient], Awaitable[T]]) -> T:
+        """``call`` on a connection, reconnecting on loss for up to
+        lazy_timeout (a part handed out before a loss comes again: the daemon
+        copies only pages still owed, so that is harmless)."""
         deadline: float | None = None
         delay = FIRST_RETRY_DELAY
         while True:
@@ -128,9 +133,7 @@ class RemotePageSource:
             try:
                 client = await self._get_client()
                 async with asyncio.timeout(self.lazy_timeout):
-                    data = await client.get_pages(self.image, self.pid, vaddr, nr_pages)
-                self.bytes_fetched += len(data)
-                return data
+                    return await call(client)
             except RemoteError:
                 raise   # the server answered: retrying will not change its mind
             except (PageServerError, OSError, TimeoutError) as exc:
@@ -147,34 +150,16 @@ class RemotePageSource:
                 await asyncio.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 1.0)
 
+    async def get_pages(self, vaddr: int, nr_pages: int) -> bytes:
+        data = await self._with_retries(
+            lambda c: c.get_pages(self.image, self.pid, vaddr, nr_pages))
+        self.bytes_fetched += len(data)
+        return data
+
     async def get_pages_into(self, vaddr: int, nr_pages: int, sink: PageSink) -> None:
-        # Retried as get_pages: a part handed out before a loss comes again
-        # (the daemon copies only pages still owed, so that is harmless).
-        deadline: float | None = None
-        delay = FIRST_RETRY_DELAY
-        while True:
-            client: PageClient | None = None
-            try:
-                client = await self._get_client()
-                async with asyncio.timeout(self.lazy_timeout):
-                    await client.get_pages_into(self.image, self.pid, vaddr, nr_pages, sink)
-                self.bytes_fetched += nr_pages * 4096
-                return
-            except RemoteError:
-                raise
-            except (PageServerError, OSError, TimeoutError) as exc:
-                if client is not None:
-                    await self._drop(client)
-                now = time.monotonic()
-                deadline = deadline or now + self.lazy_timeout
-                if now >= deadline:
-                    raise LazySourceLost(
-                        f"lost {self.name} for {self.lazy_timeout:g} s ({exc})") from None
-                if delay == FIRST_RETRY_DELAY:
-                    log.warning("%s: %s; retrying for up to %g s", self.name, exc,
-                                self.lazy_timeout)
-                await asyncio.sleep(min(delay, max(0.0, deadline - now)))
-                delay = min(delay * 2, 1.0)
+        await self._with_retries(
+            lambda c: c.get_pages_into(self.image, self.pid, vaddr, nr_pages, sink))
+        self.bytes_fetched += nr_pages * 4096
 
     async def stream(self) -> AsyncIterator[tuple[int, bytes]]:
         client = await self._get_client()
