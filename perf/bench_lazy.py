@@ -60,6 +60,7 @@ from perf.bench_dump_restore import (
     wait_file,
     wait_gone,
 )
+from perf.harness import Children, starttime
 
 MiB = 1 << 20
 PAGE = 4096
@@ -206,15 +207,6 @@ class Image:
 # ---------------------------------------------------------------- helpers
 
 
-def starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (tells a PID's processes apart), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
-
-
 def session_members(sid: int) -> list[int]:
     """PIDs of the processes in session `sid` (one a lazarus command started)."""
     out = []
@@ -262,59 +254,21 @@ def touch_timeout(size: int, fault_around: int) -> float:
 # ---------------------------------------------------------------- the bench
 
 
-class Bench:
+class Bench(Children):
     def __init__(self, root: Path, verbose: bool, push_delay: float) -> None:
+        super().__init__(verbose)
         self.root = root
-        self.verbose = verbose
         self.push_delay = push_delay
         self.images_dir = root / "images"
         self.images_dir.mkdir()
         self.workload_py = root / "workload.py"
         self.workload_py.write_text(WORKLOAD)
-        self.children: list[subprocess.Popen[bytes]] = []   # workloads, servers, commands
         self.restored: dict[int, int | None] = {}    # PID -> start time
-        self.daemons: dict[int, int | None] = {}     # detached lazy daemons: PID -> start time
         self.server: subprocess.Popen[bytes] | None = None
         self.server_port = 0
         self.raw: subprocess.Popen[bytes] | None = None
         self.raw_port = 0
         self.serial = 0
-
-    def say(self, msg: str) -> None:
-        if self.verbose:
-            print(f"  .. {msg}", file=sys.stderr, flush=True)
-
-    def spawn(self, argv: list[str], out: Path | int = subprocess.DEVNULL,
-              err: Path | int = subprocess.DEVNULL,
-              cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        """A child in its own session (no terminal signals), stdout/stderr to files."""
-        fo = open(out, "wb") if isinstance(out, Path) else out
-        fe = open(err, "wb") if isinstance(err, Path) else err
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                                    cwd=cwd, start_new_session=True)
-        finally:
-            for f in (fo, fe):
-                if not isinstance(f, int):
-                    f.close()
-        self.children.append(proc)
-        return proc
-
-    def reap(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        """Stop a child we started (SIGTERM, then SIGKILL) and wait for it."""
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    print(f"warning: PID {proc.pid} did not exit", file=sys.stderr)
-                    return
-        if proc in self.children:
-            self.children.remove(proc)
 
     # -- servers -------------------------------------------------------------
 
@@ -407,7 +361,7 @@ class Bench:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_session(proc.pid)
-            self.reap(proc)
+            self.stop(proc)
             raise BenchError(f"lazarus {args[0]} did not finish within {timeout:.0f} s") \
                 from None
         wall = time.perf_counter() - t0
@@ -487,18 +441,6 @@ class Bench:
             print(f"warning: restored PID {pid} killed but not reaped after 10 s",
                   file=sys.stderr)
 
-    def stop_daemons(self) -> None:
-        """Daemons end with their process; kill any that did not (same PID, same start)."""
-        for pid, start in list(self.daemons.items()):
-            if not wait_gone(pid, 10.0) and starttime(pid) == start:
-                print(f"warning: lazy daemon PID {pid} still there: killing it", file=sys.stderr)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                wait_gone(pid, 10.0)
-            self.daemons.pop(pid, None)
-
     def cleanup_restores(self) -> None:
         for pid in list(self.restored):
             self.kill_restored(pid)
@@ -507,7 +449,7 @@ class Bench:
     def cleanup(self) -> None:
         self.cleanup_restores()
         for proc in list(self.children):
-            self.reap(proc)
+            self.stop(proc)
 
     # -- measurements --------------------------------------------------------
 

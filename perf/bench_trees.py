@@ -61,8 +61,8 @@ from perf.bench_lazy import (
     parse_lazy_stats,
     rng,
     session_members,
-    starttime,
 )
+from perf.harness import Children, starttime, wait_gone
 
 MiB = 1 << 20
 PR_SET_CHILD_SUBREAPER = 36
@@ -232,22 +232,6 @@ def set_subreaper() -> None:
         raise BenchError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
 
-def reap(pid: int, timeout: float) -> bool:
-    """Wait until PID is gone: reap it if it is (or becomes) our child, as
-    orphans of a subreaper do, else wait for /proc/PID to go."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            if not os.path.exists(f"/proc/{pid}"):
-                return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-
-
 def ppid_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -298,43 +282,14 @@ def tree_timeout(procs: int, size: int) -> float:
 # ---------------------------------------------------------------- the bench
 
 
-class Bench:
+class Bench(Children):
     def __init__(self, root: Path, verbose: bool) -> None:
+        super().__init__(verbose)
         self.root = root
-        self.verbose = verbose
         self.workload_py = root / "workload.py"
         self.workload_py.write_text(WORKLOAD)
-        self.children: list[subprocess.Popen[bytes]] = []   # workload roots, commands
         self.tracked: dict[int, int | None] = {}   # other PIDs we may kill: PID -> start time
-        self.daemons: dict[int, int | None] = {}   # detached lazy daemons: PID -> start time
         self.serial = 0
-
-    def say(self, msg: str) -> None:
-        if self.verbose:
-            print(f"  .. {msg}", file=sys.stderr, flush=True)
-
-    def spawn(self, argv: list[str], err: Path | None = None) -> subprocess.Popen[bytes]:
-        """A child in its own session (no terminal signals), stderr to a file."""
-        fe = open(err, "wb") if err is not None else None
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=fe or subprocess.DEVNULL, start_new_session=True)
-        finally:
-            if fe is not None:
-                fe.close()
-        self.children.append(proc)
-        return proc
-
-    def stop_child(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"warning: PID {proc.pid} did not exit", file=sys.stderr)
-            return
-        if proc in self.children:
-            self.children.remove(proc)
 
     def kill_tracked(self, pids: list[int] | None = None) -> None:
         """SIGKILL tracked PIDs still held by the process we saw (same start
@@ -348,25 +303,13 @@ class Bench:
                 except ProcessLookupError:
                     pass
         for pid in pids:
-            if not reap(pid, 10.0):
+            if not wait_gone(pid, 10.0):
                 print(f"warning: PID {pid} killed but still there after 10 s", file=sys.stderr)
             self.tracked.pop(pid, None)
 
-    def stop_daemons(self, timeout: float = 10.0) -> None:
-        """Daemons end with their processes; kill any that did not (same start time)."""
-        for pid, start in list(self.daemons.items()):
-            if not reap(pid, timeout) and starttime(pid) == start:
-                print(f"warning: lazy daemon PID {pid} still there: killing it", file=sys.stderr)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                reap(pid, 10.0)
-            self.daemons.pop(pid, None)
-
     def cleanup(self) -> None:
         for proc in list(self.children):
-            self.stop_child(proc)
+            self.stop(proc, gently=False)
         self.kill_tracked()
         self.stop_daemons()
 
@@ -427,7 +370,7 @@ class Bench:
             for pid in session_members(proc.pid):
                 if pid != proc.pid:
                     self.daemons[pid] = starttime(pid)
-            self.stop_child(proc)
+            self.stop(proc, gently=False)
             raise BenchError(f"lazarus {args[0]} did not finish within {timeout:.0f} s") \
                 from None
         wall = time.perf_counter() - t0
@@ -491,7 +434,7 @@ class Bench:
     def wait_daemon(self, tag: str, pid: int | None, log: Path, timeout: float) -> LazyFigures:
         """Until the detached daemon has ended, then its --stats from the log file."""
         if pid is not None:
-            if not reap(pid, timeout):
+            if not wait_gone(pid, timeout):
                 raise BenchError(f"{tag}: lazy daemon PID {pid} still running after "
                                  f"{timeout:.0f} s")
             self.daemons.pop(pid, None)
