@@ -424,12 +424,17 @@ def format_description(desc: Mapping[str, object]) -> str:
         if not isinstance(p, Mapping):
             raise TypeError("image description: a process is not a mapping")
         ratio = p.get("compression_ratio")
+        if desc.get("predump"):
+            # A pre-dump holds memory only: no threads, exe, cwd nor fds to show.
+            head = [f"process {_get(p, 'pid', int)} ({_get(p, 'comm', str)}), memory only"]
+        else:
+            head = [f"process {_get(p, 'pid', int)} ({_get(p, 'comm', str)}),"
+                    f" ppid {_get(p, 'ppid', int)}, {_get(p, 'threads', int)} thread(s)",
+                    f"  exe     {_get(p, 'exe', str)}",
+                    f"  cwd     {_get(p, 'cwd', str)}"]
         lines += [
             "",
-            f"process {_get(p, 'pid', int)} ({_get(p, 'comm', str)}),"
-            f" ppid {_get(p, 'ppid', int)}, {_get(p, 'threads', int)} thread(s)",
-            f"  exe     {_get(p, 'exe', str)}",
-            f"  cwd     {_get(p, 'cwd', str)}",
+            *head,
             f"  memory  {_get(p, 'pages_stored', int)} pages stored,"
             f" {_size(_get(p, 'bytes_raw', int))} raw,"
             f" {_size(_get(p, 'bytes_in_file', int))} in file"
@@ -445,6 +450,8 @@ def format_description(desc: Mapping[str, object]) -> str:
                     f" {_get(v, 'prot', str)} {_get(v, 'kind', str):<12} {_get(v, 'path', str)}"
                 )
         fds = _get(p, "fds", list)
+        if desc.get("predump"):
+            continue
         lines.append(f"  {len(fds)} fds:")
         for f in fds:
             if isinstance(f, Mapping):
