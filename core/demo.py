@@ -1,4 +1,5 @@
-"""`make demo`: checkpoint a running program, kill it, bring it back.
+"""`make demo`: checkpoint a running program, kill it, bring it back, then
+again lazily through a page server.
 
 A small Python workload appends a numbered, timestamped line to a log file
 every 100 ms. The demo shows its output, dumps it with `lazarus dump` (which
@@ -6,7 +7,9 @@ kills it), shows the image, waits so the pause is visible, restores it with
 `lazarus restore -d` and shows it going on from the next number with the same
 PID. It checks what it shows: the numbering must have no gap and no repeat,
 the PID must be the same, and nothing may be written while the process is
-gone. Exit status 0 if all of that holds, 1 otherwise. Everything it starts
+gone. Then it sends the process to a `pageserver` on loopback (`dump
+--page-server`) and restores it lazily from there (`restore --lazy`), with
+the same checks. Exit status 0 if all of that holds, 1 otherwise. Everything it starts
 is killed and its temporary directory removed, also on failure or ^C.
 """
 
@@ -175,7 +178,7 @@ def run_demo(work: Path, cleanup: Cleanup) -> None:
 
     say("lazarus demo: checkpoint a running program, kill it, restore it, watch it go on")
     say()
-    say(f"[1/5] start a workload that appends a numbered line every {TICK * 1000:.0f} ms "
+    say(f"[1/7] start a workload that appends a numbered line every {TICK * 1000:.0f} ms "
         f"to {log}")
     proc = subprocess.Popen([sys.executable, str(script), str(log)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -188,7 +191,7 @@ def run_demo(work: Path, cleanup: Cleanup) -> None:
         raise DemoError(f"the workload wrote nothing in {SHOW_BEFORE:.1f} s")
 
     say()
-    say("[2/5] checkpoint it; lazarus kills it once the image is written")
+    say("[2/7] checkpoint it; lazarus kills it once the image is written")
     t0 = time.monotonic()
     lazarus("dump", "-t", str(pid), "-D", str(images))
     try:
@@ -210,7 +213,7 @@ def run_demo(work: Path, cleanup: Cleanup) -> None:
         f"last line: tick {last_n} at {last_stamp}")
 
     say()
-    say("[3/5] what the image holds")
+    say("[3/7] what the image holds")
     shown = lazarus("show", str(images)).stdout.splitlines()
     for line in shown:
         if line.strip().endswith("VMAs:"):
@@ -219,7 +222,7 @@ def run_demo(work: Path, cleanup: Cleanup) -> None:
         say(f"  | {line}")
 
     say()
-    say(f"[4/5] nothing runs for {PAUSE:.1f} s")
+    say(f"[4/7] nothing runs for {PAUSE:.1f} s")
     time.sleep(PAUSE)
     if tail.poll():
         raise DemoError("the log grew while the process was dead")
@@ -228,7 +231,7 @@ def run_demo(work: Path, cleanup: Cleanup) -> None:
     say(f"      the log is still at tick {last_n}")
 
     say()
-    say("[5/5] restore it (-d: lazarus returns once the process runs)")
+    say("[5/7] restore it (-d: lazarus returns once the process runs)")
     pidfile = work / "restored.pid"
     t1 = time.monotonic()
     try:
@@ -252,13 +255,60 @@ def run_demo(work: Path, cleanup: Cleanup) -> None:
                         f"expected {last_n + 1}")
     if any(parse(line)[2] != pid for line in after):
         raise DemoError(f"the restored process reports a PID other than {pid}")
+
+    say()
+    say("[6/7] now lazily: send it to a page server (it is killed once the server has it)")
+    port = start_pageserver(work, cleanup)
+    server = f"127.0.0.1:{port}"
+    say(f"      pageserver -D {work / 'served'} --listen {server}")
+    lazarus("dump", "-t", str(pid), "--page-server", server, "--image", "counter")
+    if not wait_gone(pid, 5.0) and ours(pid, cleanup.marker):
+        raise DemoError(f"PID {pid} is still running after the dump to the page server")
+    tail.poll()
+    lazy_last = parse(tail.lines[-1])[0]
+    say(f"      the log stops at tick {lazy_last}")
+
+    say()
+    say("[7/7] restore it from the page server: it runs at once, its memory comes on demand")
+    pidfile.unlink()
+    res = lazarus("restore", "--lazy", "--page-server", server, "--image", "counter", "-d",
+                  "--pidfile", str(pidfile), "--stats")
+    cleanup.restored.append(int(pidfile.read_text().strip()))
+    total = re.search(r"total\s+([\d.]+) ms", res.stderr)
+    say(f"      running again as PID {cleanup.restored[-1]} after "
+        f"{total.group(1) if total else '?'} ms; its output goes on:")
+    lazy_after = tail.show_for(SHOW_AFTER)
+    if not lazy_after:
+        raise DemoError(f"the lazily restored process wrote nothing in {SHOW_AFTER:.1f} s")
+    check_sequence(tail.lines)
+    if parse(lazy_after[0])[0] != lazy_last + 1 or cleanup.restored[-1] != pid:
+        raise DemoError("the lazily restored process did not go on from where it was")
     kill_restored(pid, cleanup.marker)
 
     say()
-    say(f"OK: ticks 0..{last_n} before the dump, {first_n}..{parse(after[-1])[0]} after the "
-        f"restore: no gap, no repeat, same PID {first_pid}.")
+    say(f"OK: ticks 0..{last_n} before the dump, {first_n}..{lazy_last} after the "
+        f"restore, {lazy_last + 1}..{parse(lazy_after[-1])[0]} after the lazy restore: "
+        f"no gap, no repeat, same PID {first_pid}.")
     say(f"    The timestamps jump from {last_stamp} to {first_stamp}: the time it spent "
         f"as an image.")
+
+
+def start_pageserver(work: Path, cleanup: Cleanup) -> int:
+    """A page server on a free loopback port; returns the port."""
+    served, log = work / "served", work / "pageserver.log"
+    served.mkdir()
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pageserver.cli", "-D", str(served),
+                                 "--listen", "127.0.0.1:0"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    cleanup.children.append(proc)
+    deadline = time.monotonic() + CMD_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
+        if m:
+            return int(m.group(1))
+        time.sleep(0.05)
+    raise DemoError(f"the page server did not start: {log.read_text(errors='replace')!r}")
 
 
 def on_sigterm(signum: int, _frame: object) -> None:
