@@ -100,7 +100,11 @@ async def remove_uploaded(opts: MigrateOptions, names: list[str]) -> None:
         client = await opts.server.connect()
         try:
             for name in names:
-                await client.remove_image(name)
+                try:
+                    await client.remove_image(name)
+                except RemoteError as exc:
+                    if exc.code != wire.Error.NOT_FOUND:    # never got there: fine
+                        raise
         finally:
             await client.close()
     except (PageServerError, OSError) as exc:
@@ -161,6 +165,8 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
             prev = d
             # Sent while the process runs on: only the last image waits for its upload.
             t0 = time.perf_counter()
+            # Listed before it is sent: an interrupt may land once the server has it.
+            uploaded.append(d.name)
             try:
                 res.uploaded_bytes += await upload(opts, d)
             except BaseException as exc:
@@ -169,7 +175,6 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
                     raise LazarusError(f"cannot store pre-dump round {len(res.rounds)} on the "
                                        f"page server: {exc}") from None
                 raise
-            uploaded.append(d.name)
             res.rounds[-1].upload_seconds = time.perf_counter() - t0
             if not worth_another(res.rounds):
                 break
@@ -190,8 +195,8 @@ async def migrate(opts: MigrateOptions) -> MigrateResult:
         res.final_bytes = sum(p.proc.pages_bytes for p in ctx.procs.values())
         t0 = time.perf_counter()
         try:
-            res.uploaded_bytes += await upload(opts, last)
             uploaded.append(last.name)
+            res.uploaded_bytes += await upload(opts, last)
             res.upload_seconds = time.perf_counter() - t0
             t0 = time.perf_counter()
             client = await opts.server.connect()
