@@ -135,6 +135,16 @@ def daemon_stats(log: Path, timeout: float = 30.0) -> dict[str, int]:
             "events": int(text.split("layout events")[1].split()[0])}
 
 
+def restore_push_held(procs: Procs, images: Path, tmp_path: Path) -> tuple[int, Path]:
+    """Lazy restore with the background push held back (every page comes by
+    a fault or read-ahead); the PID and the daemon's --stats log."""
+    log = tmp_path / "daemon.log"
+    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "3600",
+                           "--stats", "--log-file", str(log))
+    procs.adopt(pid)
+    return pid, log
+
+
 def end_process(pid: int) -> None:
     """Kill the restored process (ours, by PID): its daemon then writes --stats."""
     os.kill(pid, signal.SIGKILL)
@@ -150,10 +160,7 @@ def test_lazy_sequential_scan_reads_ahead(procs: Procs, tmp_path: Path) -> None:
     before = (tmp_path / "before.sha").read_text()
     images = tmp_path / "img"
     dump(w, images)
-    log = tmp_path / "daemon.log"
-    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "3600",
-                           "--stats", "--log-file", str(log))
-    procs.adopt(pid)
+    pid, log = restore_push_held(procs, images, tmp_path)
     os.kill(pid, signal.SIGUSR1)
     wait_until(lambda: (tmp_path / "after.sha").exists(), 60, "bigmem to re-hash its memory")
     assert (tmp_path / "after.sha").read_text() == before
@@ -172,10 +179,7 @@ def test_lazy_layout_changes_in_a_read_ahead_stream(procs: Procs, tmp_path: Path
     wait_until(lambda: (tmp_path / "ready").exists(), 30, "the workload to map its regions")
     images = tmp_path / "img"
     dump(w, images)
-    log = tmp_path / "daemon.log"
-    pid = restore_detached(images, tmp_path / "pid", "--lazy", "--push-delay", "3600",
-                           "--stats", "--log-file", str(log))
-    procs.adopt(pid)
+    pid, log = restore_push_held(procs, images, tmp_path)
     os.kill(pid, signal.SIGUSR1)
     wait_until(lambda: (tmp_path / "result").exists(), 60, "the workload's verdict")
     assert (tmp_path / "result").read_text() == "ok\n"
